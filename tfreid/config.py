@@ -1,0 +1,583 @@
+"""Typed experiment configuration.
+
+An experiment is an :class:`ExperimentConfig` returned by ``get_config(variant)`` of a
+module in ``experiments/``. Overlays apply in order: the experiment's ``get_config``, each
+YAML ``--config_file``, each ``--override key.path=value`` (values parsed with
+``yaml.safe_load``). Unknown keys and wrong types are errors naming the key, the valid keys
+and the nearest one. The final config is written as YAML beside the checkpoints; passing it
+back with ``--config_file`` reproduces the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import pkgutil
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+  """A configuration value, key or combination is invalid."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class AugmentationConfig:
+  """Clip-consistent augmentation: one random draw per clip, applied to every frame."""
+  # Random crop of a `height x width` window from frames enlarged by this fraction
+  # (nonlocal_i3d section 4.2: 1/8). 0 disables.
+  crop_enlarge: float = 0.125
+  flip: bool = True
+  # Probability of random erasing of one rectangle per clip (a3d). 0 disables.
+  random_erasing: float = 0.0
+  # Maximum random translation as a fraction of height/width (siamese_convgru: 0.05).
+  translate: float = 0.0
+  # Colour jitter strength (brightness/contrast/saturation), 0 disables.
+  color_jitter: float = 0.0
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Where the converted dataset is and how clips are sampled from it."""
+  # Directory written by `python -m data_pipelines.convert` (holds manifest.json).
+  data_dir: str = ""
+  # Split index for the 10-split datasets (iLIDS-VID, PRID-2011); 0 otherwise.
+  split: int = 0
+  height: int = 256
+  width: int = 128
+  # Frames per clip (T).
+  seq_len: int = 8
+  # consecutive | restricted_random | random | evenly
+  train_sampler: str = "consecutive"
+  # Frame step inside a consecutive clip.
+  sample_stride: int = 1
+  # dense (every non-overlapping clip of a tracklet) | chunk_first (first frame of each of
+  # seq_len chunks, diversity_attention test mode)
+  test_sampler: str = "dense"
+  # PK batches: P identities x K tracklets per global batch.
+  num_identities: int = 32
+  num_instances: int = 4
+  # Clips per batch when extracting test features.
+  test_batch_size: int = 32
+  # Extra streams, decoded only when asked for.
+  use_flow: bool = False
+  use_keypoints: bool = False
+  # Skip (and count) corrupt records instead of failing.
+  skip_corrupt: bool = False
+  augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
+
+  @property
+  def global_batch_size(self) -> int:
+    return self.num_identities * self.num_instances
+
+  def validate(self) -> None:
+    _one_of("data.train_sampler", self.train_sampler,
+            ("consecutive", "restricted_random", "random", "evenly"))
+    _one_of("data.test_sampler", self.test_sampler, ("dense", "chunk_first"))
+    for key in ("height", "width", "seq_len", "sample_stride", "num_identities",
+                "num_instances", "test_batch_size"):
+      _positive(f"data.{key}", getattr(self, key))
+    if self.split < 0:
+      raise ConfigError(f"data.split must be >= 0, got {self.split}.")
+    aug = self.augmentation
+    for key in ("crop_enlarge", "random_erasing", "translate", "color_jitter"):
+      value = getattr(aug, key)
+      if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"data.augmentation.{key} must be in [0, 1], got {value}.")
+
+
+# ---------------------------------------------------------------------------- model
+
+
+@dataclasses.dataclass
+class NonLocalConfig:
+  """Embedded-Gaussian non-local blocks (nonlocal_i3d eqs. 3-6, section 4.2)."""
+  # Number of blocks per residual stage res2..res5; the paper puts 2 in res3 and 3 in res4,
+  # on every other block, right before the last block of the stage.
+  blocks_per_stage: list[int] = dataclasses.field(default_factory=lambda: [0, 2, 3, 0])
+  # Channels of theta/phi/g as a fraction of the input channels (the paper's 1024 -> 512).
+  bottleneck_ratio: float = 0.5
+  # 2x2 spatial max-pooling of phi and g.
+  subsample: bool = True
+
+
+@dataclasses.dataclass
+class BackboneConfig:
+  # resnet3d (I3D ResNet3D, temporally separable convs) | resnet2d (per frame)
+  name: str = "resnet3d"
+  # Residual blocks per stage res2..res5 (ResNet-50: 3, 4, 6, 3).
+  block_counts: list[int] = dataclasses.field(default_factory=lambda: [3, 4, 6, 3])
+  # Bottleneck width of res2 (64 for ResNet-50); smaller for the synthetic variants.
+  base_width: int = 64
+  # Spatial stride of the last stage (1 keeps a 16x8 map for 256x128 inputs).
+  last_stride: int = 1
+  # Temporal kernel size of the separable 1-D temporal convolutions (nonlocal_i3d fig. 3d).
+  temporal_kernel: int = 3
+  # How the backbone is initialised (nonlocal_i3d table 3): none | imagenet (inflate 2-D
+  # ResNet-50 ImageNet weights, keras.applications or `weights_path`) | reid (inflate a 2-D
+  # ResNet-50 trained on ReID data, from `weights_path`) | kinetics (3-D weights pre-trained
+  # on Kinetics, from `weights_path`).
+  init: str = "imagenet"
+  weights_path: str = ""
+  nonlocal_blocks: NonLocalConfig = dataclasses.field(default_factory=NonLocalConfig)
+
+  def validate(self) -> None:
+    _one_of("model.backbone.name", self.name, ("resnet3d", "resnet2d"))
+    _one_of("model.backbone.init", self.init, ("none", "imagenet", "reid", "kinetics"))
+    if len(self.block_counts) != 4 or min(self.block_counts) < 1:
+      raise ConfigError("model.backbone.block_counts must list 4 positive block counts "
+                        f"(res2..res5), got {self.block_counts}.")
+    if len(self.nonlocal_blocks.blocks_per_stage) != 4:
+      raise ConfigError("model.backbone.nonlocal_blocks.blocks_per_stage must have 4 "
+                        f"entries (res2..res5), got {self.nonlocal_blocks.blocks_per_stage}.")
+    for count, blocks in zip(self.nonlocal_blocks.blocks_per_stage, self.block_counts):
+      if count < 0 or count > (blocks + 1) // 2:
+        raise ConfigError(
+            "model.backbone.nonlocal_blocks.blocks_per_stage: non-local blocks go on every "
+            f"other residual block, so a stage of {blocks} blocks takes at most "
+            f"{(blocks + 1) // 2}; got {self.nonlocal_blocks.blocks_per_stage}.")
+    if self.name == "resnet2d" and any(self.nonlocal_blocks.blocks_per_stage):
+      raise ConfigError("model.backbone.nonlocal_blocks need the resnet3d backbone; set "
+                        "model.backbone.nonlocal_blocks.blocks_per_stage=[0,0,0,0] for resnet2d.")
+    if self.init in ("reid", "kinetics") and not self.weights_path:
+      raise ConfigError(f"model.backbone.init={self.init} loads weights from a local file: "
+                        "set model.backbone.weights_path.")
+    _one_of("model.backbone.last_stride", self.last_stride, (1, 2))
+    _positive("model.backbone.base_width", self.base_width)
+    if self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
+      raise ConfigError("model.backbone.temporal_kernel must be odd and >= 1, got "
+                        f"{self.temporal_kernel}.")
+
+
+@dataclasses.dataclass
+class HeadConfig:
+  """Global average pooling -> bottleneck (FC, BN, LeakyReLU, dropout) -> classifier."""
+  embedding_dim: int = 512
+  leaky_relu_alpha: float = 0.1
+  dropout: float = 0.5
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  # Module in tfreid/models/ that builds the model.
+  name: str = "nonlocal_i3d"
+  backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
+  head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+
+  def validate(self) -> None:
+    available = list_models()
+    if self.name not in available:
+      raise ConfigError(f"model.name={self.name!r} is not a model in tfreid/models/. "
+                        f"Available: {', '.join(available)}.{_nearest(self.name, available)}")
+    self.backbone.validate()
+    _positive("model.head.embedding_dim", self.head.embedding_dim)
+    if not 0.0 <= self.head.dropout < 1.0:
+      raise ConfigError(f"model.head.dropout must be in [0, 1), got {self.head.dropout}.")
+
+
+# --------------------------------------------------------------------------- losses
+
+
+@dataclasses.dataclass
+class CrossEntropyConfig:
+  """Softmax cross-entropy with label smoothing (nonlocal_i3d eq. 9)."""
+  weight: float = 1.0
+  label_smoothing: float = 0.1
+
+
+@dataclasses.dataclass
+class TripletConfig:
+  """Triplet loss: batch-hard (nonlocal_i3d eq. 7) or all valid triplets (a3d eq. 14)."""
+  weight: float = 1.0
+  margin: float = 0.3
+  # batch_hard | batch_all
+  mining: str = "batch_hard"
+  # Model output the loss is computed on.
+  feature: str = "embedding"
+
+
+@dataclasses.dataclass
+class OIMConfig:
+  """Online instance matching (diversity_attention section 3.5)."""
+  weight: float = 0.0
+  scale: float = 30.0
+  momentum: float = 0.5
+  feature: str = "embedding"
+
+
+@dataclasses.dataclass
+class PairBCEConfig:
+  """Binary cross-entropy over all pairs of a PK batch (siamese_convgru eq. 9)."""
+  weight: float = 0.0
+
+
+@dataclasses.dataclass
+class LossConfig:
+  cross_entropy: CrossEntropyConfig = dataclasses.field(default_factory=CrossEntropyConfig)
+  triplet: TripletConfig = dataclasses.field(default_factory=TripletConfig)
+  oim: OIMConfig = dataclasses.field(default_factory=OIMConfig)
+  pair_bce: PairBCEConfig = dataclasses.field(default_factory=PairBCEConfig)
+
+  def validate(self) -> None:
+    weights = [self.cross_entropy.weight, self.triplet.weight, self.oim.weight,
+               self.pair_bce.weight]
+    if any(w < 0 for w in weights):
+      raise ConfigError(f"loss weights must be >= 0, got {weights}.")
+    if not any(weights):
+      raise ConfigError("every loss weight is 0: set at least one of losses.cross_entropy."
+                        "weight, losses.triplet.weight, losses.oim.weight, "
+                        "losses.pair_bce.weight.")
+    if not 0.0 <= self.cross_entropy.label_smoothing < 1.0:
+      raise ConfigError("losses.cross_entropy.label_smoothing must be in [0, 1), got "
+                        f"{self.cross_entropy.label_smoothing}.")
+    _one_of("losses.triplet.mining", self.triplet.mining, ("batch_hard", "batch_all"))
+    if not 0.0 <= self.oim.momentum <= 1.0:
+      raise ConfigError(f"losses.oim.momentum must be in [0, 1], got {self.oim.momentum}.")
+
+
+# ------------------------------------------------------------------------ optimizer
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+  # adam | adamw | sgd | rmsprop
+  name: str = "adam"
+  learning_rate: float = 3e-4
+  # L2 weight decay. With weight_decay_mode=l2 it is added to the loss as
+  # weight_decay/2 * sum(w^2) over kernels (as the papers and PyTorch's `weight_decay` do:
+  # the gradient gains weight_decay * w); with decoupled it is AdamW's decoupled decay.
+  weight_decay: float = 5e-4
+  weight_decay_mode: str = "l2"
+  momentum: float = 0.9
+  nesterov: bool = False
+  beta_1: float = 0.9
+  beta_2: float = 0.999
+  epsilon: float = 1e-8
+  rho: float = 0.9
+  # Gradient clipping: by global norm, and element-wise to [-clip_value, clip_value]
+  # (siamese_convgru clips to [-5, 5]). 0 disables.
+  clip_global_norm: float = 0.0
+  clip_value: float = 0.0
+
+  def validate(self) -> None:
+    _one_of("optimizer.name", self.name, ("adam", "adamw", "sgd", "rmsprop"))
+    _one_of("optimizer.weight_decay_mode", self.weight_decay_mode, ("l2", "decoupled"))
+    _positive("optimizer.learning_rate", self.learning_rate)
+    if self.weight_decay < 0 or self.clip_global_norm < 0 or self.clip_value < 0:
+      raise ConfigError("optimizer.weight_decay, clip_global_norm and clip_value must be >= 0.")
+    if self.weight_decay_mode == "decoupled" and self.name != "adamw":
+      raise ConfigError("optimizer.weight_decay_mode=decoupled is AdamW's decay: set "
+                        "optimizer.name=adamw, or weight_decay_mode=l2.")
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+  """Learning-rate schedule over epochs (converted to steps by the trainer)."""
+  # constant | step | exponential
+  name: str = "constant"
+  # Linear warm-up from warmup_factor * lr over the first warmup_epochs.
+  warmup_epochs: int = 0
+  warmup_factor: float = 0.01
+  # step: multiply by step_factor every step_epochs (a3d: halve every 60 epochs).
+  step_epochs: int = 60
+  step_factor: float = 0.5
+  # exponential: constant until decay_start_epoch, then
+  # lr * decay_rate ** ((epoch - decay_start_epoch) / decay_epochs)
+  # (nonlocal_i3d section 4.2: rate 0.001 from epoch 150 over the last 150 epochs).
+  decay_start_epoch: int = 150
+  decay_epochs: int = 150
+  decay_rate: float = 0.001
+
+  def validate(self) -> None:
+    _one_of("schedule.name", self.name, ("constant", "step", "exponential"))
+    if self.warmup_epochs < 0:
+      raise ConfigError(f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}.")
+    _positive("schedule.step_epochs", self.step_epochs)
+    _positive("schedule.decay_epochs", self.decay_epochs)
+
+
+# ------------------------------------------------------------------ trainer, eval ...
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+  epochs: int = 300
+  # 0: one epoch visits every training identity once (num_train_ids // P steps).
+  steps_per_epoch: int = 0
+  log_every_steps: int = 10
+  checkpoint_every_steps: int = 500
+  keep_checkpoints: int = 3
+  # Evaluate (and track the best checkpoint by mAP) every N epochs; 0 only at the end.
+  eval_every_epochs: int = 0
+  # Fine-tune from another run's checkpoint (e.g. a MARS model for iLIDS-VID/PRID-2011);
+  # used only when model_dir has no checkpoint of its own.
+  init_checkpoint: str = ""
+  # Write sample input clips and attention maps to TensorBoard every N steps (0: never).
+  image_summary_every_steps: int = 0
+
+  def validate(self) -> None:
+    _positive("trainer.epochs", self.epochs)
+    _positive("trainer.log_every_steps", self.log_every_steps)
+    _positive("trainer.checkpoint_every_steps", self.checkpoint_every_steps)
+    _positive("trainer.keep_checkpoints", self.keep_checkpoints)
+    if self.steps_per_epoch < 0 or self.eval_every_epochs < 0:
+      raise ConfigError("trainer.steps_per_epoch and trainer.eval_every_epochs must be >= 0.")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  # torchreid | mars_matlab (MARS); closed-set datasets use their own single protocol.
+  protocol: str = "torchreid"
+  # euclidean | sqeuclidean | cosine | learned (the model's pairwise_distance)
+  distance: str = "euclidean"
+  rerank: bool = False
+  max_rank: int = 50
+  # Rank-list images written for this many queries.
+  num_rank_lists: int = 8
+
+  def validate(self) -> None:
+    _one_of("eval.protocol", self.protocol, ("torchreid", "mars_matlab"))
+    _one_of("eval.distance", self.distance, ("euclidean", "sqeuclidean", "cosine", "learned"))
+    _positive("eval.max_rank", self.max_rank)
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+  # mirrored (all local GPUs, or one CPU) | multi_worker (from TF_CONFIG) | default
+  strategy: str = "mirrored"
+  # XLA-compile the per-replica forward and backward pass.
+  jit_compile: bool = True
+  # float32 | mixed_bfloat16 | mixed_float16
+  mixed_precision: str = "float32"
+  seed: int = 0
+
+  def validate(self) -> None:
+    _one_of("runtime.strategy", self.strategy, ("mirrored", "multi_worker", "default"))
+    _one_of("runtime.mixed_precision", self.mixed_precision,
+            ("float32", "mixed_bfloat16", "mixed_float16"))
+
+
+@dataclasses.dataclass
+class ExportConfig:
+  # Version sub-directory written under --export_dir (TF Serving layout); 0: next free.
+  version: int = 0
+  # Clips per batch inside the embed_tracklet signature.
+  tracklet_batch_size: int = 16
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+  # "name:variant" of the experiment this config came from.
+  experiment: str = ""
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  losses: LossConfig = dataclasses.field(default_factory=LossConfig)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+  trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+  export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+  def validate(self) -> "ExperimentConfig":
+    for part in (self.data, self.model, self.losses, self.optimizer, self.schedule,
+                 self.trainer, self.eval, self.runtime):
+      part.validate()
+    if self.eval.distance == "learned" and self.eval.rerank:
+      pass  # re-ranking works on any distance matrix.
+    if self.losses.triplet.weight > 0 and self.data.num_instances < 2:
+      raise ConfigError("losses.triplet needs positives in the batch: data.num_instances "
+                        f"(K) must be >= 2, got {self.data.num_instances}.")
+    return self
+
+
+# ------------------------------------------------------------------ validation helpers
+
+
+def _nearest(value: Any, options) -> str:
+  match = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+  return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def _one_of(key: str, value: Any, options) -> None:
+  if value not in options:
+    raise ConfigError(f"{key}={value!r} is not valid; expected one of "
+                      f"{', '.join(map(repr, options))}.{_nearest(value, options)}")
+
+
+def _positive(key: str, value) -> None:
+  if value <= 0:
+    raise ConfigError(f"{key} must be > 0, got {value}.")
+
+
+def list_models() -> list[str]:
+  import tfreid.models as models_pkg  # pylint: disable=import-outside-toplevel
+  return sorted(m.name for m in pkgutil.iter_modules(models_pkg.__path__)
+                if not m.name.startswith("_"))
+
+
+# ------------------------------------------------------------------ overlays and YAML
+
+
+def to_dict(config) -> dict:
+  return dataclasses.asdict(config)
+
+
+def to_yaml(config) -> str:
+  return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+
+
+def _check_type(key: str, value: Any, annotation) -> Any:
+  """Returns `value` converted to `annotation`, or raises ConfigError naming `key`."""
+  origin = typing.get_origin(annotation)
+  if annotation is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f"{key} expects a float, got {value!r} ({type(value).__name__}).")
+    return float(value)
+  if annotation is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ConfigError(f"{key} expects an int, got {value!r} ({type(value).__name__}).")
+    return value
+  if annotation is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f"{key} expects true or false, got {value!r}.")
+    return value
+  if annotation is str:
+    if value is None:
+      return ""
+    if not isinstance(value, str):
+      raise ConfigError(f"{key} expects a string, got {value!r} ({type(value).__name__}).")
+    return value
+  if origin is list:
+    (item_type,) = typing.get_args(annotation)
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{key} expects a list, got {value!r}.")
+    return [_check_type(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+  raise ConfigError(f"{key}: unsupported field type {annotation!r}.")
+
+
+def _field_types(cls) -> dict[str, Any]:
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def apply_dict(config, updates: dict, prefix: str = "") -> None:
+  """Overlays a nested dict onto a dataclass config, in place, with type checks."""
+  if not isinstance(updates, dict):
+    raise ConfigError(f"{prefix or 'config'} expects a mapping, got {updates!r}.")
+  types = _field_types(type(config))
+  for key, value in updates.items():
+    path = f"{prefix}{key}"
+    if key not in types:
+      raise ConfigError(f"unknown config key {path!r}. Valid keys"
+                        f"{' under ' + prefix[:-1] if prefix else ''}: "
+                        f"{', '.join(types)}.{_nearest(key, types)}")
+    annotation = types[key]
+    if dataclasses.is_dataclass(annotation):
+      apply_dict(getattr(config, key), value, prefix=f"{path}.")
+    else:
+      setattr(config, key, _check_type(path, value, annotation))
+
+
+def apply_override(config, override: str) -> None:
+  """Applies one `key.path=value` override; the value is parsed with yaml.safe_load."""
+  if "=" not in override:
+    raise ConfigError(f"override {override!r} must look like key.path=value, e.g. "
+                      "trainer.epochs=10.")
+  path, raw = override.split("=", 1)
+  keys = path.strip().split(".")
+  value = yaml.safe_load(raw) if raw.strip() else ""
+  nested: Any = value
+  for key in reversed(keys):
+    nested = {key: nested}
+  apply_dict(config, nested)
+
+
+def load_yaml_file(path: str) -> dict:
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist.")
+  with open(path) as f:
+    content = yaml.safe_load(f)
+  if content is None:
+    return {}
+  if not isinstance(content, dict):
+    raise ConfigError(f"config file {path!r} must hold a mapping of config keys.")
+  return content
+
+
+# ------------------------------------------------------------------------ experiments
+
+
+def list_experiments() -> list[str]:
+  import experiments as experiments_pkg  # pylint: disable=import-outside-toplevel
+  return sorted(m.name for m in pkgutil.iter_modules(experiments_pkg.__path__)
+                if not m.name.startswith("_"))
+
+
+def experiment_variants(name: str) -> tuple[str, ...]:
+  module = _experiment_module(name)
+  return tuple(module.VARIANTS)
+
+
+def _experiment_module(name: str):
+  available = list_experiments()
+  if name not in available:
+    raise ConfigError(f"unknown experiment {name!r}. Available experiments: "
+                      f"{', '.join(available)}.{_nearest(name, available)}")
+  return importlib.import_module(f"experiments.{name}")
+
+
+def get_experiment(spec: str) -> ExperimentConfig:
+  """Returns the config of `NAME` or `NAME:VARIANT` (the paper's configuration is '')."""
+  name, _, variant = spec.partition(":")
+  module = _experiment_module(name)
+  variants = tuple(module.VARIANTS)
+  if variant not in variants:
+    shown = [v or "(none: the paper's configuration)" for v in variants]
+    raise ConfigError(f"unknown variant {variant!r} of experiment {name!r}. Variants: "
+                      f"{', '.join(shown)}.{_nearest(variant, [v for v in variants if v])}")
+  config = module.get_config(variant)
+  config.experiment = f"{name}:{variant}" if variant else name
+  return config
+
+
+def build_config(experiment: str, config_files=(), overrides=(), data_dir: str = ""
+                 ) -> ExperimentConfig:
+  """get_config, then each YAML file, then each override; validated."""
+  config = get_experiment(experiment)
+  for path in config_files:
+    content = load_yaml_file(path)
+    content.pop("experiment", None)
+    apply_dict(config, content)
+  for override in overrides:
+    apply_override(config, override)
+  if data_dir:
+    config.data.data_dir = data_dir
+  return config.validate()
+
+
+def save_config(config: ExperimentConfig, path: str) -> None:
+  """Writes the config as YAML atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(to_yaml(config))
+  os.replace(tmp, path)
+
+
+def load_config(path: str) -> ExperimentConfig:
+  """Reads a config.yaml written by save_config (experiment taken from the file)."""
+  content = load_yaml_file(path)
+  experiment = content.pop("experiment", "")
+  if not experiment:
+    raise ConfigError(f"{path} has no 'experiment' key; it was not written by tfreid.train.")
+  config = get_experiment(experiment)
+  apply_dict(config, content)
+  return config.validate()
