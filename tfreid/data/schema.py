@@ -117,3 +117,67 @@ def write_manifest(data_dir: str, manifest: dict[str, Any]) -> None:
   with open(tmp, "w") as f:
     json.dump(manifest, f, indent=1, sort_keys=False)
   os.replace(tmp, path)
+
+
+def encode_tracklet(*, frames, frame_format: str, pid: int, camid: int, tracklet_id: int,
+                    label: int = -1, frame_names=None, frame_numbers=None, height: int = 0,
+                    width: int = 0, flow=None, keypoints=None, keypoints_present=None
+                    ) -> bytes:
+  """Serialises one tracklet as a tf.train.Example (see the module docstring).
+
+  Args:
+    frames: encoded frames (bytes), in temporal order.
+    frame_format: "jpeg" or "png".
+    flow: optional list of per-frame PNG bytes (quantised flow, see module docstring).
+    keypoints: optional float array-like [num_frames, 14, 3].
+    keypoints_present: optional int array-like [num_frames] (1 = known).
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  def _bytes(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+  def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+  frames = list(frames)
+  n = len(frames)
+  if n == 0:
+    raise ValueError(f"tracklet {tracklet_id} has no frames.")
+  if frame_format not in ("jpeg", "png"):
+    raise ValueError(f"frame_format must be 'jpeg' or 'png', got {frame_format!r}.")
+  names = [s.encode() if isinstance(s, str) else s for s in (frame_names or [b""] * n)]
+  numbers = list(frame_numbers) if frame_numbers is not None else list(range(n))
+  if len(names) != n or len(numbers) != n:
+    raise ValueError(f"tracklet {tracklet_id}: {n} frames but {len(names)} names and "
+                     f"{len(numbers)} frame numbers.")
+  feature = {
+      FRAMES: _bytes(frames),
+      FRAME_FORMAT: _bytes([frame_format.encode()]),
+      FRAME_NAMES: _bytes(names),
+      FRAME_NUMBERS: _ints(numbers),
+      PID: _ints([pid]),
+      LABEL: _ints([label]),
+      CAMID: _ints([camid]),
+      TRACKLET_ID: _ints([tracklet_id]),
+      NUM_FRAMES: _ints([n]),
+      HEIGHT: _ints([height]),
+      WIDTH: _ints([width]),
+  }
+  if flow is not None:
+    flow = list(flow)
+    if len(flow) != n:
+      raise ValueError(f"tracklet {tracklet_id}: {n} frames but {len(flow)} flow frames.")
+    feature[FLOW] = _bytes(flow)
+  if keypoints is not None:
+    kp = np.asarray(keypoints, np.float32)
+    if kp.shape != (n, NUM_JOINTS, 3):
+      raise ValueError(f"tracklet {tracklet_id}: keypoints must be [{n}, {NUM_JOINTS}, 3], "
+                       f"got {list(kp.shape)}.")
+    present = (np.ones(n, np.int64) if keypoints_present is None
+               else np.asarray(keypoints_present, np.int64))
+    feature[KEYPOINTS] = tf.train.Feature(float_list=tf.train.FloatList(value=kp.ravel()))
+    feature[KEYPOINTS_PRESENT] = _ints(present)
+  example = tf.train.Example(features=tf.train.Features(feature=feature))
+  return example.SerializeToString()
