@@ -314,7 +314,7 @@ class TrainerConfig:
   log_every_steps: int = 10
   checkpoint_every_steps: int = 500
   keep_checkpoints: int = 3
-  # Evaluate (and track the best checkpoint by mAP) every N epochs; 0 only at the end.
+  # Evaluate (and track the best checkpoint by mAP) every N epochs; 0: never while training.
   eval_every_epochs: int = 0
   # Fine-tune from another run's checkpoint (e.g. a MARS model for iLIDS-VID/PRID-2011);
   # used only when model_dir has no checkpoint of its own.

@@ -1,0 +1,38 @@
+# tfreid: `make quickstart` (train + evaluate + export on the synthetic dataset) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Quickstart locations and experiment (override on the command line).
+EXPERIMENT ?= nonlocal_i3d:synthetic
+PRESET ?= easy
+DATA_RAW ?= runs/data/synthetic_$(PRESET)_raw
+DATA ?= runs/data/synthetic_$(PRESET)
+RUN_DIR ?= runs/quickstart
+
+.PHONY: install quickstart data test bench clean
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data: install
+	$(PY) -m data_pipelines.synthetic --output_dir=$(DATA_RAW) --num_identities=150 --seed=0 --preset=$(PRESET)
+	$(PY) -m data_pipelines.convert --dataset=mars --input_dir=$(DATA_RAW) --output_dir=$(DATA)
+
+quickstart: data
+	$(PY) -m tfreid.train --experiment=$(EXPERIMENT) --data_dir=$(DATA) --model_dir=$(RUN_DIR)
+	$(PY) -m tfreid.evaluate --model_dir=$(RUN_DIR)
+	$(PY) -m tfreid.export --model_dir=$(RUN_DIR) --export_dir=$(RUN_DIR)/export
+
+test: install
+	$(PY) -m pytest -n 2 -q tests
+
+clean:
+	rm -rf runs

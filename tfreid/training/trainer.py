@@ -1,0 +1,334 @@
+"""One custom training loop for every method.
+
+Sections: strategy and model; optimizer and losses; checkpoint and resume; the step;
+the loop (progress, summaries, profiling, periodic evaluation, faults).
+
+The step (DESIGN.md, "Engineering facts"): the per-replica forward and backward pass is one
+XLA-compiled function (`runtime.jit_compile`); gradients are all-reduced and applied outside
+it. The loss of every replica is its local mean divided by the number of replicas, so the
+all-reduced (summed) gradient is the gradient of the global-batch mean. The loop never
+branches on the method: the model's outputs and the experiment's loss terms decide.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+
+from absl import logging
+import tensorflow as tf
+import keras
+
+from tfreid import config as cfg
+from tfreid.data import pipeline as data_pipeline
+from tfreid.data import reader as data_reader
+from tfreid.losses import build_losses
+from tfreid.models import build_model
+from tfreid.training import checkpoints as ckpt_lib
+from tfreid.training import optimizers as opt_lib
+from tfreid.training import strategy as strategy_lib
+from tfreid.training.progress import ProgressBar
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. a NaN loss); the message says what to do."""
+
+
+def set_mixed_precision(runtime: cfg.RuntimeConfig) -> None:
+  keras.mixed_precision.set_global_policy(runtime.mixed_precision)
+
+
+def dummy_inputs(config: cfg.ExperimentConfig, batch: int = 1) -> dict:
+  """A zero batch with the pipeline's shapes, used to build models."""
+  d = config.data
+  inputs = {"clips": tf.zeros((batch, d.seq_len, d.height, d.width, 3), tf.uint8)}
+  if d.use_flow:
+    inputs["flow"] = tf.zeros((batch, d.seq_len, d.height, d.width, 2), tf.float32)
+  if d.use_keypoints:
+    inputs["keypoints"] = tf.zeros((batch, d.seq_len, 14, 3), tf.float32)
+  return inputs
+
+
+def model_inputs(batch: dict) -> dict:
+  """The part of a pipeline batch the model reads."""
+  return {k: batch[k] for k in ("clips", "flow", "keypoints") if k in batch}
+
+
+class Trainer:
+  """Trains `config` into `model_dir`; resumes from the newest checkpoint there."""
+
+  def __init__(self, config: cfg.ExperimentConfig, model_dir: str,
+               strategy: tf.distribute.Strategy | None = None, profile_steps=None):
+    self.config = config
+    self.model_dir = model_dir
+    self.strategy = strategy or strategy_lib.create_strategy(config.runtime)
+    self.num_replicas = self.strategy.num_replicas_in_sync
+    self.profile_steps = tuple(profile_steps) if profile_steps else None
+    self.chief = strategy_lib.is_chief(self.strategy)
+    set_mixed_precision(config.runtime)
+    tf.random.set_seed(config.runtime.seed)
+    keras.utils.set_random_seed(config.runtime.seed)
+
+    # ------------------------------------------------------------------ data facts
+    self.train_index = data_reader.load_partition(config.data.data_dir, "train",
+                                                  split=config.data.split)
+    self.num_classes = self.train_index.num_classes
+    self.steps_per_epoch = (config.trainer.steps_per_epoch or
+                            data_pipeline.steps_per_epoch(config.data, self.train_index))
+    self.total_steps = self.steps_per_epoch * config.trainer.epochs
+
+    # --------------------------------------------------------- model, optimizer, losses
+    with self.strategy.scope():
+      self.model = build_model(config, self.num_classes)
+      self.model(dummy_inputs(config), training=False)
+      self.optimizer = opt_lib.build_optimizer(config, self.steps_per_epoch)
+      self.optimizer.build(self.model.trainable_variables)
+      embedding_dim = config.model.head.embedding_dim
+      self.loss_terms = build_losses(config, self.num_classes, embedding_dim)
+      self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+
+    # ------------------------------------------------------------ checkpoint, resume
+    stateful = {t.name: t for t in self.loss_terms if isinstance(t, tf.Module) or
+                isinstance(t, keras.layers.Layer)}
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                          global_step=self.global_step, **stateful)
+    self.keeper = ckpt_lib.CheckpointKeeper(self.checkpoint, model_dir,
+                                            config.trainer.keep_checkpoints, self.global_step)
+    resumed = self.keeper.restore_latest()
+    if not resumed and config.trainer.init_checkpoint:
+      path = ckpt_lib.resolve_checkpoint(os.path.dirname(config.trainer.init_checkpoint),
+                                         config.trainer.init_checkpoint)
+      ckpt_lib.restore_model_weights(self.model, path)
+    self.resumed_from = resumed
+
+    self._compiled_forward_backward = tf.function(
+        self._forward_backward, jit_compile=config.runtime.jit_compile)
+    self._train_step = tf.function(self._distributed_step)
+    self._stop_requested = False
+
+  # --------------------------------------------------------------------------- step
+
+  def _loss_values(self, outputs: dict, batch: dict) -> tuple[tf.Tensor, dict]:
+    terms = {}
+    total = tf.constant(0.0, tf.float32)
+    for term in self.loss_terms:
+      value = tf.cast(term(outputs, batch), tf.float32)
+      terms[term.name] = value
+      total += term.weight * value
+    wd = self.config.optimizer
+    if wd.weight_decay > 0 and wd.weight_decay_mode == "l2":
+      l2 = opt_lib.l2_regularization(self.model.trainable_variables, wd.weight_decay)
+      terms["l2"] = l2
+      total += l2
+    return total, terms
+
+  def _forward_backward(self, batch: dict):
+    """Per-replica forward and backward pass; XLA-compiled when runtime.jit_compile."""
+    variables = self.model.trainable_variables
+    with tf.GradientTape() as tape:
+      outputs = self.model(model_inputs(batch), training=True)
+      outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+      total, terms = self._loss_values(outputs, batch)
+      scaled = total / self.num_replicas
+      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+        scaled = self.optimizer.scale_loss(scaled)
+    grads = tape.gradient(scaled, variables)
+    return grads, total, terms, outputs
+
+  def _replica_step(self, batch: dict):
+    grads, total, terms, outputs = self._compiled_forward_backward(batch)
+    opt = self.config.optimizer
+    if opt.clip_global_norm > 0 or opt.clip_value > 0:
+      # Clip the global gradient, not each replica's part of it: all-reduce here, clip, and
+      # hand the optimizer 1/n of it (its own all-reduce sums the n equal copies back).
+      ctx = tf.distribute.get_replica_context()
+      grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      scale = None
+      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+        scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        grads = [g / scale for g in grads]
+      grads = opt_lib.clip_gradients(grads, opt.clip_global_norm, opt.clip_value)
+      if scale is not None:
+        grads = [g * scale for g in grads]
+      grads = [g / self.num_replicas for g in grads]
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    for term in self.loss_terms:
+      if hasattr(term, "update"):
+        term.update(outputs, batch)
+    return total, terms
+
+  def _distributed_step(self, iterator):
+    batch = next(iterator)
+    total, terms = self.strategy.run(self._replica_step, args=(batch,))
+    self.global_step.assign_add(1)
+    mean = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+    return mean(total), {k: mean(v) for k, v in terms.items()}
+
+  # --------------------------------------------------------------------------- loop
+
+  def _request_stop(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("Signal %d: saving a checkpoint and stopping after this step.", signum)
+    self._stop_requested = True
+
+  def _train_dataset(self, epoch: int):
+    return data_pipeline.make_train_dataset(self.config, strategy=self.strategy,
+                                            seed=self.config.runtime.seed + epoch)
+
+  def train(self) -> dict:
+    """Runs the loop to `trainer.epochs`; returns the last logged values."""
+    config = self.config
+    writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train")) \
+        if self.chief else tf.summary.create_noop_writer()
+    previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+    step = int(self.global_step.numpy())
+    bar = ProgressBar(self.total_steps, self.steps_per_epoch, start_step=step,
+                      log_every=config.trainer.log_every_steps)
+    logging.info("Training %s: %d identities, %d steps/epoch x %d epochs, %d replica(s), "
+                 "global batch %d, from step %d", config.experiment, self.num_classes,
+                 self.steps_per_epoch, config.trainer.epochs, self.num_replicas,
+                 config.data.global_batch_size, step)
+    last_values: dict = {}
+    window_start, window_steps = time.time(), 0
+    last_saved = step
+    try:
+      while step < self.total_steps:
+        epoch = step // self.steps_per_epoch
+        iterator = iter(self._train_dataset(epoch))
+        # Resuming mid-epoch: the epoch's batches are a function of (seed, epoch), so the
+        # ones already trained on are drawn again and skipped.
+        for _ in range(step - epoch * self.steps_per_epoch):
+          next(iterator)
+        while step < (epoch + 1) * self.steps_per_epoch:
+          self._maybe_profile(step)
+          total, terms = self._train_step(iterator)
+          step += 1
+          window_steps += 1
+          values = {"loss": float(total)}
+          values.update({k: float(v) for k, v in terms.items()})
+          self._check_finite(step, values)
+          last_values = values
+          bar.update(step, values)
+          if step % config.trainer.log_every_steps == 0 or step == self.total_steps:
+            elapsed = time.time() - window_start
+            clips_per_s = window_steps * config.data.global_batch_size / max(elapsed, 1e-9)
+            self._write_scalars(writer, step, values, clips_per_s)
+            window_start, window_steps = time.time(), 0
+          every = config.trainer.image_summary_every_steps
+          if every and step % every == 0:
+            self._write_images(writer, step)
+          if step - last_saved >= config.trainer.checkpoint_every_steps:
+            self.keeper.save(step)
+            last_saved = step
+          if self._stop_requested:
+            self.keeper.save(step)
+            logging.warning("Stopped at step %d on request; checkpoint saved. Run the same "
+                            "command to resume.", step)
+            return last_values
+        finished_epoch = epoch + 1
+        every = config.trainer.eval_every_epochs
+        if every and finished_epoch % every == 0:
+          self.keeper.save(step)
+          last_saved = step
+          self._periodic_eval(writer, step)
+      if last_saved != step or not self.keeper.latest:
+        self.keeper.save(step)
+    finally:
+      bar.close()
+      signal.signal(signal.SIGTERM, previous_handler)
+      if self.profile_steps and self._profiling:
+        tf.profiler.experimental.stop()
+        self._profiling = False
+      writer.flush()
+    return last_values
+
+  _profiling = False
+
+  def _maybe_profile(self, step: int) -> None:
+    if not self.profile_steps:
+      return
+    start, stop = self.profile_steps
+    if step == start and not self._profiling:
+      tf.profiler.experimental.start(os.path.join(self.model_dir, "train"))
+      self._profiling = True
+    elif step == stop and self._profiling:
+      tf.profiler.experimental.stop()
+      self._profiling = False
+
+  def _check_finite(self, step: int, values: dict) -> None:
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if not bad:
+      return
+    bad_terms = [k for k in bad if k != "loss"] or bad
+    latest = self.keeper.latest or "none (no checkpoint was written yet)"
+    raise TrainingError(
+        f"loss term {bad_terms[0]!r} is {values[bad_terms[0]]} at step {step}; training "
+        f"stopped without saving this state. The last good checkpoint is {latest}. Lower "
+        "optimizer.learning_rate, set optimizer.clip_global_norm, or check the data, then "
+        "run the same command to resume from it.")
+
+  def _write_scalars(self, writer, step: int, values: dict, clips_per_s: float) -> None:
+    lr = self.optimizer.learning_rate
+    lr = float(lr(self.optimizer.iterations) if callable(lr) else lr)
+    with writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(f"loss/{name}", value)
+      tf.summary.scalar("learning_rate", lr)
+      tf.summary.scalar("clips_per_second", clips_per_s)
+
+  def _write_images(self, writer, step: int) -> None:
+    """Sample input clips and, when the model returns them, attention maps."""
+    iterator = iter(data_pipeline.make_train_dataset(self.config, strategy=None,
+                                                     seed=self.config.runtime.seed))
+    batch = next(iterator)
+    clips = batch["clips"][:2]
+    outputs = self.model(model_inputs({"clips": clips, **{k: v[:2] for k, v in batch.items()
+                                                         if k in ("flow", "keypoints")}}),
+                         training=False)
+    with writer.as_default(step=step):
+      for i in range(int(clips.shape[0])):
+        tf.summary.image(f"input/clip_{i}", clips[i], max_outputs=clips.shape[1])
+      for key, value in outputs.items():
+        if key.startswith("attention") and len(value.shape) >= 3:
+          maps = tf.cast(value, tf.float32)
+          maps = tf.reshape(maps, [-1] + list(maps.shape[-2:]) + [1])
+          low = tf.reduce_min(maps, axis=[1, 2, 3], keepdims=True)
+          high = tf.reduce_max(maps, axis=[1, 2, 3], keepdims=True)
+          tf.summary.image(f"attention/{key}", (maps - low) / (high - low + 1e-8),
+                           max_outputs=8)
+
+  def _periodic_eval(self, writer, step: int) -> dict:
+    from tfreid.training import evaluation  # pylint: disable=import-outside-toplevel
+    metrics = evaluation.evaluate_model(self.config, self.model)
+    summary = metrics["summary"]
+    with writer.as_default(step=step):
+      for key in ("rank1", "rank5", "rank10", "rank20", "mAP"):
+        tf.summary.scalar(f"eval/{key}", summary[key])
+    if self.keeper.maybe_save_best(step, summary):
+      logging.info("New best mAP %.4f at step %d", summary["mAP"], step)
+    logging.info("Step %d: rank-1 %.4f mAP %.4f", step, summary["rank1"], summary["mAP"])
+    return metrics
+
+
+def run_training(config: cfg.ExperimentConfig, model_dir: str, strategy=None,
+                 profile_steps=None) -> dict:
+  """Writes config.yaml and trains. Returns the last logged loss values."""
+  trainer = Trainer(config, model_dir, strategy=strategy, profile_steps=profile_steps)
+  if trainer.chief:
+    cfg.save_config(config, os.path.join(model_dir, "config.yaml"))
+  return trainer.train()
+
+
+def parse_profile_steps(value: str):
+  if not value:
+    return None
+  parts = value.split(",")
+  if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    raise ValueError(f"--profile_steps={value!r} must be two step numbers A,B with A < B, "
+                     "e.g. --profile_steps=20,25.")
+  start, stop = (int(p) for p in parts)
+  if start >= stop:
+    raise ValueError(f"--profile_steps={value!r}: the first step must be before the second.")
+  return start, stop
+
