@@ -60,7 +60,10 @@ class Trainer:
   """Trains `config` into `model_dir`; resumes from the newest checkpoint there."""
 
   def __init__(self, config: cfg.ExperimentConfig, model_dir: str,
-               strategy: tf.distribute.Strategy | None = None, profile_steps=None):
+               strategy: tf.distribute.Strategy | None = None, profile_steps=None,
+               num_classes: int | None = None, steps_per_epoch: int | None = None):
+    """`num_classes` and `steps_per_epoch` come from the dataset unless given (benchmarks
+    that feed their own batches give both)."""
     self.config = config
     self.model_dir = model_dir
     self.strategy = strategy or strategy_lib.create_strategy(config.runtime)
@@ -72,11 +75,14 @@ class Trainer:
     keras.utils.set_random_seed(config.runtime.seed)
 
     # ------------------------------------------------------------------ data facts
-    self.train_index = data_reader.load_partition(config.data.data_dir, "train",
-                                                  split=config.data.split)
-    self.num_classes = self.train_index.num_classes
-    self.steps_per_epoch = (config.trainer.steps_per_epoch or
-                            data_pipeline.steps_per_epoch(config.data, self.train_index))
+    if num_classes is None:
+      train_index = data_reader.load_partition(config.data.data_dir, "train",
+                                               split=config.data.split)
+      num_classes = train_index.num_classes
+      if not steps_per_epoch:
+        steps_per_epoch = data_pipeline.steps_per_epoch(config.data, train_index)
+    self.num_classes = num_classes
+    self.steps_per_epoch = config.trainer.steps_per_epoch or steps_per_epoch or 1
     self.total_steps = self.steps_per_epoch * config.trainer.epochs
 
     # --------------------------------------------------------- model, optimizer, losses
@@ -103,8 +109,6 @@ class Trainer:
       ckpt_lib.restore_model_weights(self.model, path)
     self.resumed_from = resumed
 
-    self._compiled_forward_backward = tf.function(
-        self._forward_backward, jit_compile=config.runtime.jit_compile)
     self._train_step = tf.function(self._distributed_step)
     self._stop_requested = False
 
@@ -138,7 +142,11 @@ class Trainer:
     return grads, total, terms, outputs
 
   def _replica_step(self, batch: dict):
-    grads, total, terms, outputs = self._compiled_forward_backward(batch)
+    # Made here, inside the replica function, so that each replica traces its own compiled
+    # function over its own copies of the variables (one shared traced function would hold
+    # the first replica's variables).
+    compiled = tf.function(self._forward_backward, jit_compile=self.config.runtime.jit_compile)
+    grads, total, terms, outputs = compiled(batch)
     opt = self.config.optimizer
     if opt.clip_global_norm > 0 or opt.clip_value > 0:
       # Clip the global gradient, not each replica's part of it: all-reduce here, clip, and
