@@ -1,0 +1,162 @@
+"""Triplet losses on a PK batch: batch-hard (nonlocal_i3d eq. 7) and batch-all (a3d eq. 14).
+
+Batch-hard (nonlocal_i3d eq. 7, Hermans et al. [15]): for every anchor a of the batch, the
+hardest positive is the *farthest* sample with the same label (the anchor itself excluded)
+and the hardest negative the *nearest* sample with another label; the loss of the anchor is
+[m + D(a, p*) - D(a, n*)]_+ with D the Euclidean distance. Eq. 7 sums over the P x K anchors;
+this module averages (the sum divided by the number of anchors), so the term does not grow
+with the batch and splits exactly across replicas. Anchors with no positive or no negative in
+the local batch (e.g. an identity with a single clip on this replica) are left out of the
+average.
+
+Batch-all (a3d eq. 14): L = 1/N sum_i [||f_i - f_i+||^2 - ||f_i - f_i-||^2 + m]_+ over the
+N triplets (a, p, n) of the batch with y_p = y_a, p != a and y_n != y_a, with *squared*
+Euclidean distances as printed in eq. 14. Following the 1/N of eq. 14 the mean is over all
+valid triplets, including those already satisfying the margin (Hermans et al.'s "BA+"
+variant would average over the triplets with a positive loss only).
+
+Distances are computed from the Gram matrix, ||x||^2 + ||y||^2 - 2 x.y, clamped at 0. The
+Euclidean distance uses a square root whose gradient is defined as 0 where the squared
+distance is below 1e-12 (the derivative of sqrt is unbounded there), so identical features
+(collapsed embeddings, or an anchor's distance to itself) never produce NaN gradients.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfreid.losses import LossTerm, get_labels, get_output
+
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+def pairwise_squared_distance(features) -> tf.Tensor:
+  """[B, D] -> [B, B] squared Euclidean distances (float32, >= 0)."""
+  x = tf.cast(features, tf.float32)
+  squared_norm = tf.reduce_sum(tf.square(x), axis=1)
+  gram = tf.matmul(x, x, transpose_b=True)
+  squared = squared_norm[:, None] + squared_norm[None, :] - 2.0 * gram
+  return tf.maximum(squared, 0.0)
+
+
+def pairwise_euclidean_distance(features) -> tf.Tensor:
+  """[B, D] -> [B, B] Euclidean distances with a finite gradient at distance 0."""
+  squared = pairwise_squared_distance(features)
+  positive = squared > _MIN_SQUARED_DISTANCE
+  # Both branches of the outer `where` get a gradient, so the inner `where` keeps sqrt away
+  # from 0 where the result is discarded.
+  safe = tf.where(positive, squared, tf.ones_like(squared))
+  return tf.where(positive, tf.sqrt(safe), tf.zeros_like(squared))
+
+
+def _label_masks(labels):
+  """Returns (positive_mask, negative_mask), bool [B, B]; positives exclude the diagonal."""
+  labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+  same = tf.equal(labels[:, None], labels[None, :])
+  not_self = tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool))
+  return tf.logical_and(same, not_self), tf.logical_not(same)
+
+
+def batch_hard_mining(distances, labels):
+  """Selects each anchor's hardest positive and hardest negative (nonlocal_i3d eq. 7).
+
+  Args:
+    distances: [B, B] float32 pairwise distances.
+    labels: int [B].
+
+  Returns:
+    A dict of [B] tensors: ``positive_distance`` (max distance to a same-label sample other
+    than the anchor; -1 where there is none), ``negative_distance`` (min distance to an
+    other-label sample; larger than every distance where there is none), ``positive_index``
+    and ``negative_index`` (int32 batch indices of those samples) and ``valid`` (bool: the
+    anchor has both).
+  """
+  positive_mask, negative_mask = _label_masks(labels)
+  sentinel_low = tf.fill(tf.shape(distances), -1.0)
+  sentinel_high = tf.fill(tf.shape(distances), 1.0) + tf.stop_gradient(
+      tf.reduce_max(distances))
+  positives = tf.where(positive_mask, distances, sentinel_low)
+  negatives = tf.where(negative_mask, distances, sentinel_high)
+  return {
+      "positive_distance": tf.reduce_max(positives, axis=1),
+      "negative_distance": tf.reduce_min(negatives, axis=1),
+      "positive_index": tf.argmax(positives, axis=1, output_type=tf.int32),
+      "negative_index": tf.argmin(negatives, axis=1, output_type=tf.int32),
+      "valid": tf.logical_and(tf.reduce_any(positive_mask, axis=1),
+                              tf.reduce_any(negative_mask, axis=1)),
+  }
+
+
+def _masked_mean(values, mask):
+  mask = tf.cast(mask, tf.float32)
+  total = tf.reduce_sum(tf.where(mask > 0, values, tf.zeros_like(values)))
+  return total / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def batch_hard_triplet_loss(features, labels, margin: float = 0.3) -> tf.Tensor:
+  """Batch-hard triplet loss (nonlocal_i3d eq. 7), averaged over the valid anchors.
+
+  Args:
+    features: [B, D] embeddings.
+    labels: int [B] identities.
+    margin: m of eq. 7 (the paper does not print it; the experiments use 0.3).
+
+  Returns:
+    float32 scalar mean_a [m + max_p D(a, p) - min_n D(a, n)]_+ (Euclidean D).
+  """
+  distances = pairwise_euclidean_distance(features)
+  mined = batch_hard_mining(distances, labels)
+  per_anchor = tf.nn.relu(margin + mined["positive_distance"] - mined["negative_distance"])
+  return _masked_mean(per_anchor, mined["valid"])
+
+
+def batch_all_triplet_loss(features, labels, margin: float = 0.3) -> tf.Tensor:
+  """Triplet loss over every valid triplet of the batch (a3d eq. 14, margin 0.3).
+
+  Args:
+    features: [B, D] embeddings.
+    labels: int [B] identities.
+    margin: m of eq. 14.
+
+  Returns:
+    float32 scalar 1/N sum [||a - p||^2 - ||a - n||^2 + m]_+ over the N valid triplets.
+  """
+  squared = pairwise_squared_distance(features)
+  positive_mask, negative_mask = _label_masks(labels)
+  per_triplet = tf.nn.relu(squared[:, :, None] - squared[:, None, :] + margin)
+  valid = tf.logical_and(positive_mask[:, :, None], negative_mask[:, None, :])
+  return _masked_mean(per_triplet, valid)
+
+
+class TripletLoss(LossTerm):
+  """Triplet loss on ``outputs[feature]``: batch-hard (eq. 7) or batch-all (a3d eq. 14).
+
+  Args:
+    margin: the triplet margin m.
+    mining: "batch_hard" (Euclidean distances, hardest positive and negative per anchor) or
+      "batch_all" (squared distances, mean over all valid triplets).
+    feature: model output the loss is computed on ([B, D]).
+    weight: factor of the term in the total loss.
+  """
+
+  MINING = ("batch_hard", "batch_all")
+
+  def __init__(self, margin: float = 0.3, mining: str = "batch_hard",
+               feature: str = "embedding", weight: float = 1.0):
+    super().__init__(name="triplet", weight=weight)
+    if mining not in self.MINING:
+      raise ValueError(f"triplet mining {mining!r} is not supported; expected one of "
+                       f"{self.MINING}.")
+    self.margin = float(margin)
+    self.mining = mining
+    self.feature = feature
+
+  def __call__(self, outputs: dict, batch: dict) -> tf.Tensor:
+    features = get_output(outputs, self.feature, self.name)
+    if features.shape.rank != 2:
+      raise ValueError(f"triplet loss expects outputs[{self.feature!r}] of shape [B, D], got "
+                       f"{features.shape}.")
+    labels = get_labels(batch, self.name)
+    if self.mining == "batch_hard":
+      return batch_hard_triplet_loss(features, labels, self.margin)
+    return batch_all_triplet_loss(features, labels, self.margin)
