@@ -180,4 +180,6 @@ def encode_tracklet(*, frames, frame_format: str, pid: int, camid: int, tracklet
     feature[KEYPOINTS] = tf.train.Feature(float_list=tf.train.FloatList(value=kp.ravel()))
     feature[KEYPOINTS_PRESENT] = _ints(present)
   example = tf.train.Example(features=tf.train.Features(feature=feature))
-  return example.SerializeToString()
+  # deterministic=True orders the feature map by key; otherwise the order (and so the
+  # bytes) depends on the process's string hash seed.
+  return example.SerializeToString(deterministic=True)

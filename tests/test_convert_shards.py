@@ -1,0 +1,183 @@
+"""Shard writing: bad frames, shard groups and sizes, resume, determinism, parallel workers."""
+
+import hashlib
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from data_pipelines import convert
+from data_pipelines import shards
+import convert_fakes as fakes
+
+
+def _convert(src, dst, **kw):
+  kw.setdefault("progress", False)
+  return convert.convert("mars", str(src), str(dst), **kw)
+
+
+def _digest(output_dir):
+  """{file name: sha256} of everything a conversion leaves (state file excluded)."""
+  out = {}
+  for name in sorted(os.listdir(output_dir)):
+    if name == shards.STATE_NAME:
+      continue
+    with open(os.path.join(output_dir, name), "rb") as f:
+      out[name] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def test_corrupt_missing_and_empty_frames_are_skipped_and_listed(tmp_path):
+  src, dst = tmp_path / "mars", tmp_path / "out"
+  paths = fakes.write_mars(str(src))
+  truncated = paths["train"][2][1]          # 2nd frame of train row 3 (pid 2, 4 frames)
+  data = fakes.read_bytes(str(src), truncated)
+  fakes.write_file(os.path.join(src, *truncated.split("/")), data[:len(data) // 2])
+  empty = paths["train"][0][0]
+  fakes.write_file(os.path.join(src, *empty.split("/")), b"")
+  missing = paths["test"][3][2]
+  os.remove(os.path.join(src, *missing.split("/")))
+  dead = paths["test"][1]                    # gallery row 2: every frame is garbage
+  for p in dead:
+    fakes.write_file(os.path.join(src, *p.split("/")), b"\xff\xd8\xff\xe0 not a jpeg")
+  manifest = _convert(src, dst)
+
+  reasons = {s["path"]: s["reason"] for s in manifest["skipped_frames"]}
+  assert reasons == {empty: "empty file",
+                     truncated: "does not decode (truncated or corrupt image)",
+                     missing: "missing file",
+                     dead[0]: "does not decode (truncated or corrupt image)",
+                     dead[1]: "does not decode (truncated or corrupt image)"}
+  assert manifest["dropped_tracklets"] == [{
+      "tracklet": "info/tracks_test_info.mat row 2 (pid 3, camera 2)",
+      "reason": "all 2 frames skipped (see skipped_frames)"}]
+  n_train = len(fakes.MARS_TRAIN)
+  dead_id = n_train + 1
+  split = manifest["splits"][0]
+  assert dead_id not in split["gallery"] and dead_id not in split["gallery_all"]
+  assert manifest["partitions"]["train"]["frames"] == sum(n for _, _, n in fakes.MARS_TRAIN) - 2
+  assert manifest["partitions"]["gallery"]["tracklets"] == 3
+  assert manifest["num_tracklets"] == n_train + len(fakes.MARS_TEST) - 1
+  records = fakes.read_all(str(dst))
+  assert dead_id not in records
+  rec = records[2]
+  assert rec["frame_names"] == [p for p in paths["train"][2] if p != truncated]
+  assert list(rec["frame_numbers"]) == [1, 3, 4] and rec["num_frames"] == 3
+  assert rec["frames"] == [fakes.read_bytes(str(src), p) for p in rec["frame_names"]]
+  test_shard = [s for s in manifest["shards"] if s["group"] == "test"]
+  assert sum(s["num_records"] for s in test_shard) == len(fakes.MARS_TEST) - 1
+
+
+def test_shard_groups_sizes_and_random_access(tmp_path):
+  src, dst = tmp_path / "mars", tmp_path / "out"
+  fakes.write_mars(str(src))
+  budget_mb = 3000 / 2**20
+  manifest = _convert(src, dst, shard_size_mb=budget_mb)
+  shard_list = manifest["shards"]
+  groups = [s["group"] for s in shard_list]
+  assert groups == sorted(groups, key=["train", "test"].index) and len(shard_list) > 2
+  ids_by_group = {"train": set(manifest["splits"][0]["train"])}
+  records = fakes.read_all(str(dst))
+  for shard in shard_list:
+    path = os.path.join(dst, shard["file"])
+    assert shards.count_records(path) == shard["num_records"]
+    assert os.path.getsize(path) == shard["bytes"]
+    parsed = [fakes.parse_record(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    in_train = {r["tracklet_id"] in ids_by_group["train"] for r in parsed}
+    assert in_train == {shard["group"] == "train"}
+    # A shard goes over budget only when it holds a single tracklet.
+    src_bytes = sum(len(f) for r in parsed for f in r["frames"])
+    assert src_bytes <= 3000 or len(parsed) == 1
+  with open(dst / "tracklets.csv") as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 1 + len(records)
+  header = lines[0].split(",")
+  for line in lines[1:]:
+    row = dict(zip(header, line.split(",", len(header) - 1)))
+    rec = fakes.parse_record(shards.read_record(str(dst / row["shard"]), int(row["offset"])))
+    assert rec["tracklet_id"] == int(row["tracklet_id"])
+    assert rec["num_frames"] == int(row["num_frames"]) and rec["pid"] == int(row["pid"])
+  with open(dst / shard_list[0]["file"], "rb") as f:
+    data = f.read()
+  cut = tmp_path / "cut.tfrecord"
+  cut.write_bytes(data[:-3])
+  with pytest.raises(ValueError, match="truncated"):
+    shards.count_records(str(cut))
+
+
+def test_resume_after_interruption_rewrites_only_missing_shards(tmp_path, monkeypatch):
+  src = tmp_path / "mars"
+  fakes.write_mars(str(src))
+  small = 2500 / 2**20
+  reference = tmp_path / "reference"
+  _convert(src, reference, shard_size_mb=small)
+  want = _digest(reference)
+  num_shards = len([n for n in want if n.endswith(".tfrecord")])
+  assert num_shards >= 4
+
+  # Interrupt the conversion on the 6th tracklet (after at least one shard is complete).
+  dst = tmp_path / "out"
+  real = shards.read_tracklet
+  calls = []
+
+  def flaky(*args, **kw):
+    calls.append(1)
+    if len(calls) == 6:
+      raise KeyboardInterrupt
+    return real(*args, **kw)
+
+  monkeypatch.setattr(shards, "read_tracklet", flaky)
+  with pytest.raises(KeyboardInterrupt):
+    _convert(src, dst, shard_size_mb=small)
+  monkeypatch.setattr(shards, "read_tracklet", real)
+  left = sorted(os.listdir(dst))
+  assert not [n for n in left if n.endswith(".tmp")] and "manifest.json" not in left
+  done = [n for n in left if n.endswith(".tfrecord")]
+  assert 1 <= len(done) < num_shards
+  for name in done:  # every shard on disk is complete and identical to the reference
+    assert _digest(dst)[name] == want[name]
+  stamps = {n: os.stat(dst / n).st_mtime_ns for n in done}
+
+  # A stale temp file from a killed run is cleaned up; completed shards are not rewritten.
+  (dst / (done[0] + ".tmp")).write_bytes(b"half a shard")
+  manifest = _convert(src, dst, shard_size_mb=small)
+  assert {n: os.stat(dst / n).st_mtime_ns for n in done} == stamps
+  assert _digest(dst) == want
+  assert len(manifest["shards"]) == num_shards
+
+  # A shard deleted (or damaged) after the fact is rewritten on the next run, the rest kept.
+  victim = sorted(done)[0]
+  os.remove(dst / victim)
+  other = [n for n in want if n.endswith(".tfrecord") and n != victim]
+  stamps = {n: os.stat(dst / n).st_mtime_ns for n in other}
+  _convert(src, dst, shard_size_mb=small)
+  assert {n: os.stat(dst / n).st_mtime_ns for n in other} == stamps
+  assert _digest(dst) == want
+
+
+def test_other_options_in_same_output_dir_need_overwrite(tmp_path):
+  src, dst = tmp_path / "mars", tmp_path / "out"
+  fakes.write_mars(str(src))
+  _convert(src, dst)
+  with pytest.raises(shards.ConversionError, match="--overwrite"):
+    _convert(src, dst, shard_size_mb=2000 / 2**20)
+  manifest = _convert(src, dst, shard_size_mb=2000 / 2**20, overwrite=True)
+  files = {s["file"] for s in manifest["shards"]}
+  assert {n for n in os.listdir(dst) if n.endswith(".tfrecord")} == files
+
+
+def test_deterministic_and_worker_count_independent_with_progress(tmp_path, capsys):
+  src = tmp_path / "mars"
+  fakes.write_mars(str(src))
+  one = _convert(src, tmp_path / "one", shard_size_mb=4000 / 2**20, optical_flow=True,
+                 progress=True)
+  err = capsys.readouterr().err
+  assert "ETA" in err and "frames/s" in err and "100.0%" in err
+  _convert(src, tmp_path / "again", shard_size_mb=4000 / 2**20, optical_flow=True)
+  two = _convert(src, tmp_path / "two", shard_size_mb=4000 / 2**20, optical_flow=True,
+                 num_workers=2)
+  assert _digest(tmp_path / "one") == _digest(tmp_path / "again") == _digest(tmp_path / "two")
+  assert one == two
+  with open(tmp_path / "two" / "manifest.json") as f:
+    assert json.load(f) == one
