@@ -103,7 +103,7 @@ def distance_matrix(config: cfg.ExperimentConfig, model, query: dict, gallery: d
     def pairwise(q, g):
       return np.asarray(model.pairwise_distance(q, g))
 
-    return metrics.compute_distance_matrix(query, gallery, pairwise_fn=pairwise)
+    return metrics.compute_distance_matrix(query, gallery, metric="learned", pairwise_fn=pairwise)
   return metrics.compute_distance_matrix(query["embedding"], gallery["embedding"],
                                          metric=config.eval.distance)
 
