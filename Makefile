@@ -24,7 +24,7 @@ install: $(STAMP)
 
 data: install
 	$(PY) -m data_pipelines.synthetic --output_dir=$(DATA_RAW) --num_identities=150 --seed=0 --preset=$(PRESET)
-	$(PY) -m data_pipelines.convert --dataset=mars --input_dir=$(DATA_RAW) --output_dir=$(DATA)
+	$(PY) -m data_pipelines.convert --dataset=mars --input_dir=$(DATA_RAW) --output_dir=$(DATA) --keypoints=$(DATA_RAW)/keypoints.jsonl
 
 quickstart: data
 	$(PY) -m tfreid.train --experiment=$(EXPERIMENT) --data_dir=$(DATA) --model_dir=$(RUN_DIR)

@@ -48,10 +48,10 @@ def measure(config, jit: bool) -> dict:
   iterator = iter(trainer.strategy.experimental_distribute_dataset(
       dataset.unbatch().batch(batch)))
   for _ in range(FLAGS.warmup):
-    float(trainer._train_step(iterator)[0])  # pylint: disable=protected-access
+    float(trainer._train_step(next(iterator))[0])  # pylint: disable=protected-access
   start = time.perf_counter()
   for _ in range(FLAGS.steps):
-    float(trainer._train_step(iterator)[0])  # pylint: disable=protected-access
+    float(trainer._train_step(next(iterator))[0])  # pylint: disable=protected-access
   elapsed = (time.perf_counter() - start) / FLAGS.steps
   params = int(sum(np.prod(v.shape) for v in trainer.model.trainable_variables))
   return {"step_ms": 1000 * elapsed, "clips_per_s": batch / elapsed, "params": params}

@@ -56,6 +56,17 @@ def model_inputs(batch: dict) -> dict:
   return {k: batch[k] for k in ("clips", "flow", "keypoints") if k in batch}
 
 
+def seed_generator_states(model) -> dict:
+  """The state variables of the model's random-number generators (dropout masks ...), so a
+  resumed run draws the same numbers as a straight one. Keras does not checkpoint them."""
+  states = {}
+  for i, layer in enumerate(model._flatten_layers()):  # pylint: disable=protected-access
+    for j, generator in enumerate(getattr(layer, "_seed_generators", [])):
+      state = generator.state
+      states[f"{i}_{j}"] = getattr(state, "value", state)
+  return states
+
+
 class Trainer:
   """Trains `config` into `model_dir`; resumes from the newest checkpoint there."""
 
@@ -99,7 +110,8 @@ class Trainer:
     stateful = {t.name: t for t in self.loss_terms if isinstance(t, tf.Module) or
                 isinstance(t, keras.layers.Layer)}
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                          global_step=self.global_step, **stateful)
+                                          global_step=self.global_step,
+                                          rng=seed_generator_states(self.model), **stateful)
     self.keeper = ckpt_lib.CheckpointKeeper(self.checkpoint, model_dir,
                                             config.trainer.keep_checkpoints, self.global_step)
     resumed = self.keeper.restore_latest()
@@ -167,8 +179,7 @@ class Trainer:
         term.update(outputs, batch)
     return total, terms
 
-  def _distributed_step(self, iterator):
-    batch = next(iterator)
+  def _distributed_step(self, batch):
     total, terms = self.strategy.run(self._replica_step, args=(batch,))
     self.global_step.assign_add(1)
     mean = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
@@ -210,7 +221,7 @@ class Trainer:
           next(iterator)
         while step < (epoch + 1) * self.steps_per_epoch:
           self._maybe_profile(step)
-          total, terms = self._train_step(iterator)
+          total, terms = self._train_step(next(iterator))
           step += 1
           window_steps += 1
           values = {"loss": float(total)}
