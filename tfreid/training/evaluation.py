@@ -196,18 +196,30 @@ def rank_list_images(config, evaluation: dict, num_queries: int, top_k: int = 10
       chosen.append((qi, order))
     if len(chosen) == num_queries:
       break
-  wanted = set()
-  for qi, order in chosen:
-    wanted.add(int(q_index.tracklet_ids[qi]))
-    wanted.update(int(g_index.tracklet_ids[g]) for g in order)
-  frames = data_reader.read_tracklet_frames(config.data.data_dir, sorted(wanted),
-                                            max_frames=frames_per_tracklet)
   images = []
   for qi, order in chosen:
-    q_frames = frames[int(q_index.tracklet_ids[qi])]
-    g_frames = [frames[int(g_index.tracklet_ids[g])] for g in order]
+    q_frames = read_tracklet_frames(q_index, qi, frames_per_tracklet)
+    g_frames = [read_tracklet_frames(g_index, g, frames_per_tracklet) for g in order]
     correct = [bool(g_index.pids[g] == q_index.pids[qi]) for g in order]
     image = report.render_rank_list(q_frames, g_frames, correct,
                                     [float(distmat[qi, g]) for g in order])
     images.append((f"query_{qi:04d}_pid_{int(q_index.pids[qi])}", image))
   return images
+
+
+def read_tracklet_frames(index, position: int, max_frames: int) -> np.ndarray:
+  """Up to `max_frames` evenly spaced decoded frames (uint8 [n, H, W, 3]) of the tracklet at
+  `position` of a partition index, read directly at its record's offset in the shard."""
+  path = index.shard_files[int(index.shard_index[position])]
+  with open(path, "rb") as f:
+    f.seek(int(index.offsets[position]) + 12)  # TFRecord framing: length (8) + its CRC (4)
+    example = tf.train.Example.FromString(f.read(int(index.lengths[position])))
+  encoded = example.features.feature[schema.FRAMES].bytes_list.value
+  picks = np.unique(np.linspace(0, len(encoded) - 1, num=min(max_frames, len(encoded)))
+                    .round().astype(int))
+  frames = [tf.io.decode_image(encoded[i], channels=3, expand_animations=False).numpy()
+            for i in picks]
+  height, width = frames[0].shape[:2]
+  frames = [f if f.shape[:2] == (height, width) else
+            tf.image.resize(f, (height, width)).numpy().round().astype(np.uint8) for f in frames]
+  return np.stack(frames)
