@@ -36,3 +36,5 @@ test: install
 
 clean:
 	rm -rf runs
+
+include bazel.mk

@@ -82,9 +82,9 @@ def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
   c.model.backbone.nonlocal_blocks.blocks_per_stage = [0, 1, 1, 0]
   c.model.head.embedding_dim = 128
   c.optimizer.learning_rate = 1e-3
-  c.schedule = cfg.ScheduleConfig(name="exponential", decay_start_epoch=10, decay_epochs=10,
+  c.schedule = cfg.ScheduleConfig(name="exponential", decay_start_epoch=40, decay_epochs=20,
                                   decay_rate=0.01)
-  c.trainer.epochs = 20
+  c.trainer.epochs = 60
   c.trainer.checkpoint_every_steps = 100
   c.trainer.log_every_steps = 5
   c.trainer.eval_every_epochs = 0

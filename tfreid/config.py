@@ -471,7 +471,8 @@ def _field_types(cls) -> dict[str, Any]:
 def apply_dict(config, updates: dict, prefix: str = "") -> None:
   """Overlays a nested dict onto a dataclass config, in place, with type checks."""
   if not isinstance(updates, dict):
-    raise ConfigError(f"{prefix or 'config'} expects a mapping, got {updates!r}.")
+    raise ConfigError(f"{prefix[:-1] if prefix else 'config'} expects a mapping, got "
+                      f"{updates!r}.")
   types = _field_types(type(config))
   for key, value in updates.items():
     path = f"{prefix}{key}"

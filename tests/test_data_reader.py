@@ -1,0 +1,170 @@
+"""The converted-dataset reader (tfreid/data/reader.py): partitions, metadata, bad input."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import data_fixtures
+from tfreid.data import reader
+from tfreid.data import schema
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("reader") / "ds")
+  manifest = data_fixtures.write_tiny_dataset(
+      path, num_ids=3, tracklets_per_id=3, num_frames=(2, 7), height=16, width=8, cameras=2,
+      num_test_ids=2, with_flow=True, frame_format="png", content="code", shards_per_group=2)
+  return path, manifest
+
+
+def all_records(data_dir, manifest):
+  """tracklet id -> (shard file, parsed Example), read with tf.data (independently)."""
+  out = {}
+  for shard in manifest["shards"]:
+    path = os.path.join(data_dir, shard["file"])
+    for record in tf.data.TFRecordDataset(path):
+      example = tf.train.Example.FromString(record.numpy())
+      tid = example.features.feature[schema.TRACKLET_ID].int64_list.value[0]
+      out[tid] = (path, example, record.numpy())
+  return out
+
+
+def feature(example, key):
+  f = example.features.feature[key]
+  return (f.int64_list.value or f.bytes_list.value)[0]
+
+
+def test_crc32c_known_value(tmp_path):
+  assert reader.crc32c(b"123456789") == 0xE3069283
+  # The masked CRC of a length, as TFRecordWriter frames it.
+  path = str(tmp_path / "crc.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(b"abc")
+  with open(path, "rb") as f:
+    header = f.read(12)
+  assert struct.unpack("<I", header[8:])[0] == reader.masked_crc32c(header[:8])
+
+
+def test_train_partition_metadata(dataset):
+  data_dir, manifest = dataset
+  index = reader.load_partition(data_dir, "train")
+  split = manifest["splits"][0]
+  np.testing.assert_array_equal(index.tracklet_ids, split["train"])
+  records = all_records(data_dir, manifest)
+  for i, tid in enumerate(index.tracklet_ids):
+    path, example, raw = records[int(tid)]
+    assert index.pids[i] == feature(example, schema.PID)
+    assert index.camids[i] == feature(example, schema.CAMID)
+    assert index.num_frames[i] == feature(example, schema.NUM_FRAMES)
+    assert index.labels[i] == split["train_pids"].index(index.pids[i])
+    assert (index.heights[i], index.widths[i]) == (16, 8)
+    assert index.shard_files[index.shard_index[i]] == path
+    # The offset points at the record's framing: length, CRC, then the Example.
+    with open(path, "rb") as f:
+      f.seek(index.offsets[i])
+      length = struct.unpack("<Q", f.read(8))[0]
+      f.read(4)
+      assert length == index.lengths[i] and f.read(length) == raw
+  assert index.num_classes == 3 and index.is_png.all() and index.has_flow.all()
+  assert not index.has_keypoints.any()
+  assert len(index.shard_files) == 2  # only the train shards were read
+  assert all("-train-" in f for f in index.shard_files)
+  assert index.dominant_size() == (16, 8)
+
+
+def test_protocols_resolve_query_and_gallery(dataset):
+  data_dir, manifest = dataset
+  split = manifest["splits"][0]
+  query = reader.load_partition(data_dir, "query")
+  gallery = reader.load_partition(data_dir, "gallery")
+  assert gallery.protocol == "torchreid" and gallery.partition == "gallery"
+  np.testing.assert_array_equal(query.tracklet_ids, split["query"])
+  np.testing.assert_array_equal(gallery.tracklet_ids, split["gallery"])
+  assert (query.labels == -1).all() and all("-test-" in f for f in query.shard_files)
+  matlab = reader.load_partition(data_dir, "gallery", protocol="mars_matlab")
+  assert matlab.partition == "gallery_all"
+  np.testing.assert_array_equal(matlab.tracklet_ids, split["gallery_all"])
+  direct = reader.load_partition(data_dir, "gallery_all")
+  np.testing.assert_array_equal(direct.pids, matlab.pids)
+
+
+def test_unknown_names_are_errors_listing_the_choices(dataset):
+  data_dir, _ = dataset
+  with pytest.raises(reader.DatasetError, match="torchreid, mars_matlab"):
+    reader.load_partition(data_dir, "query", protocol="market")
+  with pytest.raises(reader.DatasetError, match="train, query, gallery, gallery_all"):
+    reader.load_partition(data_dir, "probe")
+  with pytest.raises(reader.DatasetError, match="1 split"):
+    reader.load_partition(data_dir, "train", split=3)
+  with pytest.raises(reader.DatasetError, match="no manifest.json"):
+    reader.load_partition(os.path.dirname(data_dir), "train")
+
+
+def copy_dataset(src, dst):
+  os.makedirs(dst)
+  for name in os.listdir(src):
+    with open(os.path.join(src, name), "rb") as f, open(os.path.join(dst, name), "wb") as g:
+      g.write(f.read())
+  with open(os.path.join(dst, schema.MANIFEST_NAME)) as f:
+    return json.load(f)
+
+
+def test_empty_partition_names_partition_and_manifest(dataset, tmp_path):
+  data_dir, _ = dataset
+  copy = str(tmp_path / "empty")
+  manifest = copy_dataset(data_dir, copy)
+  manifest["splits"][0]["query"] = []
+  schema.write_manifest(copy, manifest)
+  with pytest.raises(reader.DatasetError) as error:
+    reader.load_partition(copy, "query")
+  assert "'query'" in str(error.value) and os.path.join(copy, "manifest.json") in str(error.value)
+
+
+def test_corrupt_shard_is_named_and_only_its_group_matters(dataset, tmp_path):
+  data_dir, manifest = dataset
+  copy = str(tmp_path / "corrupt")
+  copy_dataset(data_dir, copy)
+  test_shard = [s for s in manifest["shards"] if s["group"] == "test"][1]["file"]
+  path = os.path.join(copy, test_shard)
+  index = reader.load_partition(data_dir, "gallery_all")
+  rows = index.shard_index == index.shard_files.index(os.path.join(data_dir, test_shard))
+  second = int(np.sort(index.offsets[rows])[1])
+  with open(path, "r+b") as f:  # break the length of the shard's second record
+    f.seek(second)
+    f.write(b"\xff\xff")
+  train = reader.load_partition(copy, "train")  # reads no test shard
+  assert len(train) == 9
+  with pytest.raises(reader.DatasetError) as error:
+    reader.load_partition(copy, "gallery_all")
+  assert test_shard in str(error.value) and "skip_corrupt" in str(error.value)
+  kept = reader.load_partition(copy, "gallery_all", skip_corrupt=True)
+  assert len(kept) == len(index) - (rows.sum() - 1) and kept.skipped
+
+
+def test_tracklet_missing_from_the_shards(dataset, tmp_path):
+  data_dir, _ = dataset
+  copy = str(tmp_path / "missing")
+  manifest = copy_dataset(data_dir, copy)
+  manifest["splits"][0]["query"].append(999)
+  schema.write_manifest(copy, manifest)
+  with pytest.raises(reader.DatasetError, match=r"ids \[999\]"):
+    reader.load_partition(copy, "query")
+  assert 999 not in reader.load_partition(copy, "query", skip_corrupt=True).tracklet_ids
+
+
+def test_missing_stream_says_which_converter_flag(dataset):
+  data_dir, _ = dataset
+  index = reader.load_partition(data_dir, "train")
+  reader.check_streams(index, use_flow=True, use_keypoints=False)
+  with pytest.raises(reader.DatasetError, match="--keypoints=FILE"):
+    reader.check_streams(index, use_flow=False, use_keypoints=True)
+  no_flow = dict(index.manifest)
+  no_flow.pop("flow")
+  index.manifest = no_flow
+  with pytest.raises(reader.DatasetError, match="--optical_flow"):
+    reader.check_streams(index, use_flow=True, use_keypoints=False)

@@ -1,0 +1,169 @@
+"""Which frames of a tracklet form a clip: the index computations, in TensorFlow ops.
+
+Every function takes the tracklet length `n` (a scalar tensor, n >= 1) and the clip length
+`T` (a Python int) and returns int32 frame indices in [0, n). They run inside `tf.data`
+map functions; each random one is split into a documented draw and a deterministic
+formula (`*_indices(n, T, ..., u)`), so a test can recompute it with numpy from the same
+draws.
+
+Training samplers (one clip per tracklet):
+
+- `consecutive` (nonlocal_i3d section 4.2; a3d section III-D; siamese_convgru section
+  V-B): T frames `stride` apart from a random start. The clip spans
+  `span = (T - 1) * stride + 1` frames; `start = floor(u * (max(n - span, 0) + 1))` with
+  `u ~ U[0, 1)`. When the tracklet is too
+  short, the frames that exist (`m = ceil((n - start) / stride)` of them, m < T) are repeated
+  cyclically: `index_i = start + stride * (i mod m)`. (Cyclic repetition, as the dense test
+  clips below; with stride 1 and n < T the clip is 0, 1, .., n-1, 0, 1, ...)
+- `restricted_random` (diversity_attention section 3.1): the tracklet is cut into N = T
+  chunks of equal duration, chunk k = [b_k, b_k + l_k) with `b_k = floor(k * n / T)` and
+  `l_k = max(floor((k + 1) * n / T) - b_k, 1)`, and one frame is drawn uniformly from each:
+  `index_k = b_k + floor(u_k * l_k)`. With n < T some chunks are one repeated frame.
+- `random` (torchreid video `random`): T distinct frames drawn uniformly without
+  replacement and sorted (n >= T), or T draws with replacement, sorted (n < T). From keys
+  `u ~ U[0, 1)^max(n, T)`: n >= T: the T frames with the smallest keys, sorted;
+  n < T: `sort(floor(u_i * n))` for i < T.
+- `evenly` (torchreid video `evenly`): n >= T: `index_i = i * floor(n / T)`; n < T: 0..n-1
+  followed by the last frame repeated (torchreid pads by repeating the last frame).
+
+Test samplers (every clip of a tracklet, `[C, T]`):
+
+- `dense`: the C = ceil(n / T) non-overlapping clips `[cT, cT + T)`; the last one, when
+  short (m = n - cT < T frames), repeats its own frames cyclically: `cT + (i mod m)`. Every
+  frame appears in exactly one clip; only the last clip's padding repeats frames.
+- `chunk_first` (diversity_attention section 4.2, testing): C = 1 clip, the first frame
+  `b_k` of each of the T chunks defined above.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+TRAIN_SAMPLERS = ("consecutive", "restricted_random", "random", "evenly")
+TEST_SAMPLERS = ("dense", "chunk_first")
+
+
+def _n(num_frames) -> tf.Tensor:
+  return tf.cast(num_frames, tf.int32)
+
+
+# ----------------------------------------------------------------------- formulas
+
+
+def consecutive_indices(num_frames, seq_len: int, stride: int, u) -> tf.Tensor:
+  """Consecutive clip from the uniform draw `u` (scalar in [0, 1)); see module docstring."""
+  n = _n(num_frames)
+  span = (seq_len - 1) * stride + 1
+  num_starts = tf.maximum(n - span, 0) + 1
+  start = tf.minimum(tf.cast(tf.floor(tf.cast(u, tf.float32) * tf.cast(num_starts, tf.float32)),
+                             tf.int32), num_starts - 1)
+  available = (n - start + stride - 1) // stride  # frames start, start+stride, ... < n
+  m = tf.minimum(available, seq_len)
+  i = tf.range(seq_len, dtype=tf.int32)
+  return start + stride * tf.math.floormod(i, m)
+
+
+def chunk_bounds(num_frames, seq_len: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """(b_k, l_k) of the T equal chunks of diversity_attention section 3.1."""
+  n = _n(num_frames)
+  k = tf.range(seq_len + 1, dtype=tf.int32)
+  edges = (k * n) // seq_len
+  starts = edges[:-1]
+  lengths = tf.maximum(edges[1:] - starts, 1)
+  return starts, lengths
+
+
+def restricted_random_indices(num_frames, seq_len: int, u) -> tf.Tensor:
+  """One frame per chunk from the draws `u` ([T] in [0, 1)); see module docstring."""
+  starts, lengths = chunk_bounds(num_frames, seq_len)
+  offset = tf.cast(tf.floor(tf.cast(u, tf.float32) * tf.cast(lengths, tf.float32)), tf.int32)
+  return starts + tf.minimum(offset, lengths - 1)
+
+
+def random_indices(num_frames, seq_len: int, u) -> tf.Tensor:
+  """Sorted random frames from the keys `u` ([max(n, T)] in [0, 1)); see module docstring."""
+  n = _n(num_frames)
+  u = tf.cast(u, tf.float32)
+
+  def without_replacement():
+    _, smallest = tf.math.top_k(-u[:n], k=seq_len)
+    return tf.sort(tf.cast(smallest, tf.int32))
+
+  def with_replacement():
+    draws = tf.cast(tf.floor(u[:seq_len] * tf.cast(n, tf.float32)), tf.int32)
+    return tf.sort(tf.minimum(draws, n - 1))
+
+  return tf.cond(n >= seq_len, without_replacement, with_replacement)
+
+
+def evenly_indices(num_frames, seq_len: int) -> tf.Tensor:
+  """torchreid's `evenly` sampling; see module docstring."""
+  n = _n(num_frames)
+  i = tf.range(seq_len, dtype=tf.int32)
+  return tf.where(n >= seq_len, i * tf.maximum(n // seq_len, 1), tf.minimum(i, n - 1))
+
+
+def dense_indices(num_frames, seq_len: int) -> tf.Tensor:
+  """All non-overlapping clips, [ceil(n / T), T]; the last padded cyclically."""
+  n = _n(num_frames)
+  num_clips = (n + seq_len - 1) // seq_len
+  c = tf.range(num_clips, dtype=tf.int32)[:, None]
+  i = tf.range(seq_len, dtype=tf.int32)[None, :]
+  start = c * seq_len
+  m = tf.minimum(n - start, seq_len)
+  return start + tf.math.floormod(i, m)
+
+
+def chunk_first_indices(num_frames, seq_len: int) -> tf.Tensor:
+  """The first frame of each chunk, [1, T] (diversity_attention testing)."""
+  starts, _ = chunk_bounds(num_frames, seq_len)
+  return starts[None, :]
+
+
+# ------------------------------------------------------------------ with the draws
+
+
+def train_draws(sampler: str, num_frames, seq_len: int, seed) -> tf.Tensor:
+  """The uniform draws a training sampler uses, from a stateless seed ([2] int)."""
+  if sampler == "consecutive":
+    return tf.random.stateless_uniform([], seed)
+  if sampler == "restricted_random":
+    return tf.random.stateless_uniform([seq_len], seed)
+  if sampler == "random":
+    return tf.random.stateless_uniform([tf.maximum(_n(num_frames), seq_len)], seed)
+  if sampler == "evenly":
+    return tf.zeros([0])
+  raise ValueError(f"unknown training sampler {sampler!r}; expected one of "
+                   f"{', '.join(TRAIN_SAMPLERS)}.")
+
+
+def sample_train_clip(sampler: str, num_frames, seq_len: int, stride: int, seed) -> tf.Tensor:
+  """[T] frame indices of one training clip; `seed` is a stateless seed ([2] int)."""
+  u = train_draws(sampler, num_frames, seq_len, seed)
+  if sampler == "consecutive":
+    return consecutive_indices(num_frames, seq_len, stride, u)
+  if sampler == "restricted_random":
+    return restricted_random_indices(num_frames, seq_len, u)
+  if sampler == "random":
+    return random_indices(num_frames, seq_len, u)
+  return evenly_indices(num_frames, seq_len)
+
+
+def test_clips(sampler: str, num_frames, seq_len: int) -> tf.Tensor:
+  """[C, T] frame indices of every test clip of a tracklet."""
+  if sampler == "dense":
+    return dense_indices(num_frames, seq_len)
+  if sampler == "chunk_first":
+    return chunk_first_indices(num_frames, seq_len)
+  raise ValueError(f"unknown test sampler {sampler!r}; expected one of "
+                   f"{', '.join(TEST_SAMPLERS)}.")
+
+
+def num_test_clips(sampler: str, num_frames, seq_len: int):
+  """Clips per tracklet of a test sampler (numpy or Python ints in, same out)."""
+  if sampler == "dense":
+    return (num_frames + seq_len - 1) // seq_len
+  if sampler == "chunk_first":
+    return num_frames * 0 + 1
+  raise ValueError(f"unknown test sampler {sampler!r}; expected one of "
+                   f"{', '.join(TEST_SAMPLERS)}.")

@@ -1,0 +1,119 @@
+"""nonlocal_i3d: ResNet3D-50 with non-local blocks for video ReID (Liao et al.).
+
+"Video-based Person Re-identification via 3D Convolutional Networks and Non-local Attention",
+fig. 2 and 3: a clip [B, T, H, W, 3] goes through ResNet3D-50 with temporally separable
+inflated convolutions (section 3.1) and 5 embedded-Gaussian non-local blocks (section 3.2;
+2 in res3, 3 in res4, section 4.2), then global average pooling over T, H, W, the bottleneck
+(FC 512, BN, LeakyReLU 0.1, dropout 0.5) and the identity classifier
+(:class:`tfreid.models.heads.BottleneckHead`). Trained with label-smoothed cross-entropy on
+``logits`` (eq. 9) plus the batch-hard triplet loss on ``embedding`` (eq. 7).
+
+Size at the paper's configuration (``nonlocal_i3d`` experiment, 625 MARS training identities):
+``PAPER_CONFIG_PARAMS`` = 36,071,473 parameters, of which 62,336 are BatchNorm moving
+statistics (36,009,137 trainable):
+
+  ResNet-50 without top, convolutions without bias   23,561,152
+  temporal k_t x 1 x 1 convolutions (16 blocks)        3,772,416
+  non-local blocks (2 x 527,616 + 3 x 2,103,808)       7,366,656
+  head: FC 1,048,576 + BN 2,048 + classifier 320,625   1,371,249
+
+(``tests/test_models_nonlocal_i3d.py`` recomputes it from this breakdown.)
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfreid.backbones import resnet3d, weights
+from tfreid.config import ConfigError
+from tfreid.layers.preprocessing import ClipNormalization
+from tfreid.models.heads import BottleneckHead
+
+PAPER_CONFIG_PARAMS = 36_071_473
+
+
+@keras.saving.register_keras_serializable(package="tfreid")
+class NonLocalI3D(keras.Model):
+  """ResNet3D-50 + non-local blocks + bottleneck head.
+
+  ``model({"clips": uint8 [B, T, H, W, 3]}, training=...)`` returns float32
+  ``features`` [B, 2048] (pooled res5), ``embedding`` [B, embedding_dim] (the retrieval
+  feature, see :class:`BottleneckHead`) and ``logits`` [B, num_classes].
+
+  Frames are normalised inside the model (:class:`ClipNormalization`, in the convention of the
+  Keras ResNet-50 ImageNet weights the backbone is inflated from).
+
+  Args:
+    num_classes: training identities.
+    block_counts, base_width, last_stride, temporal_kernel, nonlocal_blocks, nonlocal_ratio,
+      nonlocal_subsample: see :func:`tfreid.backbones.resnet3d.resnet3d`.
+    embedding_dim, leaky_relu_alpha, dropout: see :class:`BottleneckHead`.
+    normalization: :class:`ClipNormalization` mode.
+  """
+
+  def __init__(self, num_classes: int, block_counts=(3, 4, 6, 3), base_width: int = 64,
+               last_stride: int = 1, temporal_kernel: int = 3, nonlocal_blocks=(0, 2, 3, 0),
+               nonlocal_ratio: float = 0.5, nonlocal_subsample: bool = True,
+               embedding_dim: int = 512, leaky_relu_alpha: float = 0.1, dropout: float = 0.5,
+               normalization: str = "caffe", **kwargs):
+    kwargs.setdefault("name", "nonlocal_i3d")
+    super().__init__(**kwargs)
+    self.num_classes = num_classes
+    self.block_counts = tuple(block_counts)
+    self.base_width = base_width
+    self.last_stride = last_stride
+    self.temporal_kernel = temporal_kernel
+    self.nonlocal_blocks = tuple(nonlocal_blocks)
+    self.nonlocal_ratio = nonlocal_ratio
+    self.nonlocal_subsample = nonlocal_subsample
+    self.embedding_dim = embedding_dim
+    self.leaky_relu_alpha = leaky_relu_alpha
+    self.dropout = dropout
+    self.normalization = normalization
+    self.normalize = ClipNormalization(normalization, name="normalize")
+    self.backbone = resnet3d.resnet3d(
+        block_counts=self.block_counts, base_width=base_width, last_stride=last_stride,
+        temporal_kernel=temporal_kernel, nonlocal_blocks=self.nonlocal_blocks,
+        nonlocal_ratio=nonlocal_ratio, nonlocal_subsample=nonlocal_subsample, name="resnet3d")
+    self.head = BottleneckHead(num_classes, embedding_dim, leaky_relu_alpha, dropout,
+                               name="head")
+    # Every variable exists after construction (count_params, weight loading, optimizer).
+    self.normalize.build((None, None, None, None, 3))
+    self.head.build((None, resnet3d.output_channels(base_width)))
+    self.built = True
+
+  def call(self, inputs, training=None):
+    clips = inputs["clips"] if isinstance(inputs, dict) else inputs
+    feature_map = self.backbone(self.normalize(clips), training=training)["res5"]
+    return self.head(feature_map, training=training)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "num_classes": self.num_classes, "block_counts": list(self.block_counts),
+        "base_width": self.base_width, "last_stride": self.last_stride,
+        "temporal_kernel": self.temporal_kernel, "nonlocal_blocks": list(self.nonlocal_blocks),
+        "nonlocal_ratio": self.nonlocal_ratio, "nonlocal_subsample": self.nonlocal_subsample,
+        "embedding_dim": self.embedding_dim, "leaky_relu_alpha": self.leaky_relu_alpha,
+        "dropout": self.dropout, "normalization": self.normalization})
+    return config
+
+
+def model_kwargs(config) -> dict:
+  """:class:`NonLocalI3D` arguments (but num_classes) from an ExperimentConfig."""
+  head = config.model.head
+  kwargs = resnet3d.resnet3d_kwargs(config.model.backbone)
+  kwargs.update({"embedding_dim": head.embedding_dim,
+                 "leaky_relu_alpha": head.leaky_relu_alpha, "dropout": head.dropout})
+  return kwargs
+
+
+def build(config, num_classes: int) -> NonLocalI3D:
+  """Builds the model of `config` and initialises its backbone per model.backbone.init."""
+  backbone = config.model.backbone
+  if backbone.name != "resnet3d":
+    raise ConfigError(f"model.name=nonlocal_i3d needs model.backbone.name=resnet3d, got "
+                      f"{backbone.name!r} (the 2-D baseline is model.name=temporal_pooling).")
+  model = NonLocalI3D(num_classes, **model_kwargs(config))
+  weights.initialize_backbone(model.backbone, backbone.init, backbone.weights_path, video=True)
+  return model

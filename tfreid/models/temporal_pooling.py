@@ -1,0 +1,98 @@
+"""temporal_pooling: 2-D ResNet-50 per frame + temporal average pooling (the baseline).
+
+nonlocal_i3d table 2 "Baseline" and fig. 1(A): a 2-D ResNet-50 (ImageNet init) extracts a
+feature map of every frame, the maps are averaged over time and space, and the same
+bottleneck head as nonlocal_i3d (:class:`tfreid.models.heads.BottleneckHead`) gives the
+embedding and the identity logits. Same losses and recipe as nonlocal_i3d (section 4.2).
+
+Averaging over T, H and W at once equals averaging per-frame pooled features over time.
+Initialised from the same 2-D weights, this model and NonLocalI3D (whose temporal convolutions
+and non-local blocks start as the identity) compute the same features at the start.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tfreid.backbones import resnet2d, resnet3d, weights
+from tfreid.config import ConfigError
+from tfreid.layers.preprocessing import ClipNormalization
+from tfreid.models.heads import BottleneckHead
+
+
+@keras.saving.register_keras_serializable(package="tfreid")
+class TemporalPooling(keras.Model):
+  """Per-frame 2-D ResNet, temporal average pooling, bottleneck head.
+
+  ``model({"clips": uint8 [B, T, H, W, 3]}, training=...)`` folds time into the batch
+  ([B*T, H, W, 3]), runs the 2-D backbone, unfolds the res5 maps to [B, T, h, w, C] and
+  returns float32 ``features`` [B, C], ``embedding`` [B, embedding_dim] and ``logits``
+  [B, num_classes].
+
+  Args:
+    num_classes: training identities.
+    block_counts, base_width, last_stride: see :func:`tfreid.backbones.resnet2d.resnet2d`.
+    embedding_dim, leaky_relu_alpha, dropout: see :class:`BottleneckHead`.
+    normalization: :class:`ClipNormalization` mode.
+  """
+
+  def __init__(self, num_classes: int, block_counts=(3, 4, 6, 3), base_width: int = 64,
+               last_stride: int = 1, embedding_dim: int = 512, leaky_relu_alpha: float = 0.1,
+               dropout: float = 0.5, normalization: str = "caffe", **kwargs):
+    kwargs.setdefault("name", "temporal_pooling")
+    super().__init__(**kwargs)
+    self.num_classes = num_classes
+    self.block_counts = tuple(block_counts)
+    self.base_width = base_width
+    self.last_stride = last_stride
+    self.embedding_dim = embedding_dim
+    self.leaky_relu_alpha = leaky_relu_alpha
+    self.dropout = dropout
+    self.normalization = normalization
+    self.normalize = ClipNormalization(normalization, name="normalize")
+    self.backbone = resnet2d.resnet2d(block_counts=self.block_counts, base_width=base_width,
+                                      last_stride=last_stride, name="resnet2d")
+    self.head = BottleneckHead(num_classes, embedding_dim, leaky_relu_alpha, dropout,
+                               name="head")
+    self.normalize.build((None, None, None, 3))
+    self.head.build((None, resnet3d.output_channels(base_width)))
+    self.built = True
+
+  def call(self, inputs, training=None):
+    clips = inputs["clips"] if isinstance(inputs, dict) else inputs
+    shape = ops.shape(clips)
+    frames = ops.reshape(clips, (-1, shape[2], shape[3], shape[4]))
+    maps = self.backbone(self.normalize(frames), training=training)["res5"]
+    map_shape = ops.shape(maps)
+    maps = ops.reshape(maps, (shape[0], shape[1], map_shape[1], map_shape[2], map_shape[3]))
+    return self.head(maps, training=training)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "num_classes": self.num_classes, "block_counts": list(self.block_counts),
+        "base_width": self.base_width, "last_stride": self.last_stride,
+        "embedding_dim": self.embedding_dim, "leaky_relu_alpha": self.leaky_relu_alpha,
+        "dropout": self.dropout, "normalization": self.normalization})
+    return config
+
+
+def model_kwargs(config) -> dict:
+  """:class:`TemporalPooling` arguments (but num_classes) from an ExperimentConfig."""
+  head = config.model.head
+  kwargs = resnet2d.resnet2d_kwargs(config.model.backbone)
+  kwargs.update({"embedding_dim": head.embedding_dim,
+                 "leaky_relu_alpha": head.leaky_relu_alpha, "dropout": head.dropout})
+  return kwargs
+
+
+def build(config, num_classes: int) -> TemporalPooling:
+  """Builds the baseline of `config`; the backbone is initialised per model.backbone.init."""
+  backbone = config.model.backbone
+  if backbone.name != "resnet2d":
+    raise ConfigError(f"model.name=temporal_pooling needs model.backbone.name=resnet2d, got "
+                      f"{backbone.name!r} (the 3-D model is model.name=nonlocal_i3d).")
+  model = TemporalPooling(num_classes, **model_kwargs(config))
+  weights.initialize_backbone(model.backbone, backbone.init, backbone.weights_path, video=False)
+  return model
