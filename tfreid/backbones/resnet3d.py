@@ -7,13 +7,13 @@ blocks (section 3.2) between residual blocks.
 Layer table for an 8 x 256 x 128 clip at the paper's configuration (T x H x W x C;
 "k_t x 1 x 1 -> 1 x 3 x 3" is the temporally separable convolution of fig. 3(d)):
 
-| stage | layers                                                   | blocks | output           |
-| ----- | -------------------------------------------------------- | ------ | ---------------- |
-| stem  | 1x7x7 conv 64, stride (1,2,2); 1x3x3 max-pool (1,2,2)     |        | 8 x 64 x 32 x 64  |
-| res2  | 1x1x1 64; 3x1x1 64 -> 1x3x3 64; 1x1x1 256                 | 3      | 8 x 64 x 32 x 256 |
-| res3  | 1x1x1 128 (first: stride 1,2,2); 3x1x1 -> 1x3x3 128; 1x1x1 512 | 4, NL x2 | 8 x 32 x 16 x 512 |
-| res4  | 1x1x1 256 (first: stride 1,2,2); 3x1x1 -> 1x3x3 256; 1x1x1 1024 | 6, NL x3 | 8 x 16 x 8 x 1024 |
-| res5  | 1x1x1 512 (first: stride 1,s,s); 3x1x1 -> 1x3x3 512; 1x1x1 2048 | 3 | 8 x 16 x 8 x 2048 |
+| stage | residual block (stride of the first block)        | blocks   | output            |
+| ----- | ------------------------------------------------- | -------- | ----------------- |
+| stem  | 1x7x7 conv 64 (1,2,2); 1x3x3 max-pool (1,2,2)     |          | 8 x 64 x 32 x 64  |
+| res2  | 1x1x1 64; 3x1x1 64 -> 1x3x3 64; 1x1x1 256         | 3        | 8 x 64 x 32 x 256 |
+| res3  | 1x1x1 128 (1,2,2); 3x1x1 -> 1x3x3 128; 1x1x1 512  | 4 + 2 NL | 8 x 32 x 16 x 512 |
+| res4  | 1x1x1 256 (1,2,2); 3x1x1 -> 1x3x3 256; 1x1x1 1024 | 6 + 3 NL | 8 x 16 x 8 x 1024 |
+| res5  | 1x1x1 512 (1,s,s); 3x1x1 -> 1x3x3 512; 1x1x1 2048 | 3        | 8 x 16 x 8 x 2048 |
 
 (s = last_stride, 1 in the paper's configuration; 2 halves the res5 map as in the original
 ResNet-50.) The first block of each stage has a projection shortcut (1x1x1 conv + BN); the

@@ -181,22 +181,23 @@ def load_2d_weights(backbone: keras.Model, weights: dict, source: str = "") -> l
         + (f" ({ambiguous[:4]} appear more than once)" if ambiguous else "")
         + ". Expected a 2-D ResNet-50 with keras.applications layer names (or a file saved "
         "from our resnet2d backbone or temporal_pooling model).")
-  loaded = []
-  for name in convs:
-    conv, bn_name = layers[name], name[:-len("_conv")] + "_bn"
-    kernel = weights[name][0]
-    expected = tuple(conv.kernel.shape)
+  for name in convs:  # check everything before changing anything
+    kernel, expected = weights[name][0], tuple(layers[name].kernel.shape)
     if tuple(kernel.shape) != expected:
       raise WeightsError(
           f"{source}: layer {name} has a kernel of shape {tuple(kernel.shape)}, the backbone "
           f"expects {expected}. 2-D ResNet-50 weights need model.backbone.base_width=64 (and "
           "block_counts no larger than [3, 4, 6, 3]); use model.backbone.init=none for other "
           "widths.")
+  loaded = []
+  for name in convs:
+    bn_name = name[:-len("_conv")] + "_bn"
+    kernel = weights[name][0]
     bias = weights[name][1] if len(weights[name]) > 1 else None
     gamma, beta, mean, variance = weights[bn_name]
     if bias is not None:
       mean = mean - bias
-    conv.set_weights([kernel])
+    layers[name].set_weights([kernel])
     layers[bn_name].set_weights([gamma, beta, mean, variance])
     loaded += [name, bn_name]
   return loaded

@@ -88,7 +88,12 @@ def model_kwargs(config) -> dict:
 
 
 def build(config, num_classes: int) -> TemporalPooling:
-  """Builds the baseline of `config`; the backbone is initialised per model.backbone.init."""
+  """Builds the baseline of `config`; the backbone is initialised per model.backbone.init.
+
+  Reads model.backbone block_counts, base_width, last_stride, init and weights_path, and
+  model.head; temporal_kernel and nonlocal_blocks concern the 3-D backbone only (config
+  validation requires no non-local blocks with resnet2d).
+  """
   backbone = config.model.backbone
   if backbone.name != "resnet2d":
     raise ConfigError(f"model.name=temporal_pooling needs model.backbone.name=resnet2d, got "
