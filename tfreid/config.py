@@ -418,9 +418,13 @@ def _positive(key: str, value) -> None:
 
 
 def list_models() -> list[str]:
+  """Modules of tfreid/models/ that build a model (expose `build`); shared parts such as
+  heads.py are not models."""
   import tfreid.models as models_pkg  # pylint: disable=import-outside-toplevel
-  return sorted(m.name for m in pkgutil.iter_modules(models_pkg.__path__)
-                if not m.name.startswith("_"))
+  names = [m.name for m in pkgutil.iter_modules(models_pkg.__path__)
+           if not m.name.startswith("_")]
+  return sorted(n for n in names
+                if hasattr(importlib.import_module(f"tfreid.models.{n}"), "build"))
 
 
 # ------------------------------------------------------------------ overlays and YAML
