@@ -95,10 +95,15 @@ def test_two_replicas_equal_one_device_on_the_same_global_batch(tmp_path, monkey
                        "optimizer.weight_decay=0.01", "optimizer.learning_rate=0.01")
   num_classes = 6
   batches = _fixed_batches(3, config, num_classes)
-  one, loss_one = _train_fixed(tf.distribute.MirroredStrategy([cpus[0].name]), config, batches,
-                               num_classes, tmp_path / "one", monkeypatch)
-  two, loss_two = _train_fixed(tf.distribute.MirroredStrategy([c.name for c in cpus]), config,
-                               batches, num_classes, tmp_path / "two", monkeypatch)
+  # ReductionToOneDevice: no collective ops, whose instance keys can collide with those of
+  # other strategies made earlier in the same test process.
+  reduce = tf.distribute.ReductionToOneDevice
+  one, loss_one = _train_fixed(
+      tf.distribute.MirroredStrategy([cpus[0].name], cross_device_ops=reduce()), config,
+      batches, num_classes, tmp_path / "one", monkeypatch)
+  two, loss_two = _train_fixed(
+      tf.distribute.MirroredStrategy([c.name for c in cpus], cross_device_ops=reduce()), config,
+      batches, num_classes, tmp_path / "two", monkeypatch)
   np.testing.assert_allclose(loss_one, loss_two, rtol=1e-5, atol=1e-6)
   moved = max(float(np.abs(a).max()) for a in one)
   assert moved > 0

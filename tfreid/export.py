@@ -12,6 +12,7 @@ tracklet -> its evaluation feature [1, D]) and, for models with a learned metric
 See tfreid/serving/export_module.py for the signatures.
 """
 
+import os
 import sys
 
 from absl import app
@@ -32,6 +33,11 @@ def define_flags():
 
 def main(argv):
   del argv
+  config_path = os.path.join(FLAGS.model_dir, "config.yaml")
+  if not os.path.exists(config_path):  # before importing TensorFlow: fail fast
+    print(f"error: {config_path} does not exist: {FLAGS.model_dir!r} is not a training "
+          "directory written by `python -m tfreid.train`.", file=sys.stderr)
+    sys.exit(2)
   from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
   from tfreid import serving  # pylint: disable=import-outside-toplevel
   try:

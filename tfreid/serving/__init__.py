@@ -13,11 +13,12 @@ from tfreid.serving.export_module import (DISTANCE, EMBED_TRACKLET, SERVING_DEFA
                                           ExportError, ReidExportModule, describe_spec,
                                           resize_frames, validate_inputs)
 from tfreid.serving.exporter import export_module_for, export_run, model_card, resolve_version
-from tfreid.serving.restore import RestoredRun, load_run, num_classes_from_checkpoint
+from tfreid.serving.restore import (RestoredRun, checkpoint_variable_shapes, load_run,
+                                    num_classes_from_checkpoint)
 
 __all__ = [
     "DISTANCE", "EMBED_TRACKLET", "SERVING_DEFAULT", "ExportError", "ReidExportModule",
-    "RestoredRun", "describe_spec", "export_module_for", "export_run", "load_run",
-    "model_card", "num_classes_from_checkpoint", "resize_frames", "resolve_version",
-    "validate_inputs",
+    "RestoredRun", "checkpoint_variable_shapes", "describe_spec", "export_module_for",
+    "export_run", "load_run", "model_card", "num_classes_from_checkpoint", "resize_frames",
+    "resolve_version", "validate_inputs",
 ]

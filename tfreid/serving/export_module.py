@@ -27,8 +27,8 @@ Input checks: the signature's declared input spec is enforced by TensorFlow's Py
 binding for numpy inputs only; TF Serving (and a loaded signature called with tensors)
 feeds tensors straight into the graph, which does not check shapes. Every signature
 therefore also asserts rank, fixed sizes and channel count at run time (`tf.debugging`
-assertions on a copy of the input whose static shape is hidden, so that graph optimisation
-cannot fold them away) with a message that names the expected spec. `validate_inputs` makes
+assertions, the rank computed so that graph optimisation cannot fold it into the declared
+one) with a message that names the expected spec. `validate_inputs` makes
 the same checks in Python for local callers, before any TensorFlow call.
 """
 
@@ -107,14 +107,15 @@ def _assert_input(x: tf.Tensor, signature: str, spec: tf.TensorSpec,
   what = f"signature {signature!r}: input {spec.name!r} must be {expected} " \
          f"({_INPUT_HELP.get(spec.name, 'see the model card')})"
   dims = spec.shape.as_list()
-  # The checks read the shape of a copy whose static shape is unknown: on `x` itself,
-  # TensorFlow and its graph optimiser fold rank and fixed sizes into constants taken from
-  # the declared spec, which TF Serving does not enforce on the tensors it feeds.
-  unknown = tf.raw_ops.PlaceholderWithDefault(input=x, shape=tf.TensorShape(None))
+  shape = tf.shape(x)
+  # The rank as a data-dependent count (the entries of the run-time shape that are >= 0,
+  # i.e. all of them): tf.rank(x) and the like are folded into the declared rank by
+  # TensorFlow and its graph optimiser, and TF Serving does not enforce the declared spec
+  # on the tensors it feeds.
+  rank = tf.shape(tf.where(shape >= 0), out_type=tf.int32)[0]
   rank_check = tf.debugging.assert_equal(
-      tf.rank(unknown), len(dims), message=f"{what}; got a tensor of another rank.")
+      rank, len(dims), message=f"{what}; got a tensor of another rank.")
   with tf.control_dependencies([rank_check]):
-    shape = tf.shape(unknown)
     checks = []
     for axis, dim in enumerate(dims):
       if dim is not None:

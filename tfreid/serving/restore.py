@@ -7,8 +7,8 @@ differences that matter on a serving machine:
 
 - the dataset need not be there: the number of training identities (the classifier's size,
   needed to rebuild the model before restoring) is read from the checkpoint itself (the
-  variables whose last axis follows the number of classes), so a training directory copied
-  to another machine exports as it is;
+  variables whose last axis follows the number of classes, found through the checkpoint's
+  object graph), so a training directory copied to another machine exports as it is;
 - the backbone is built with ``model.backbone.init=none``: the checkpoint overwrites every
   weight, so no pretrained weight file is needed;
 - every model variable must be restored (`assert_existing_objects_matched`): a checkpoint
@@ -24,6 +24,7 @@ import os
 from typing import Optional
 
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tfreid import config as cfg
 from tfreid.models import build_model
@@ -31,6 +32,7 @@ from tfreid.serving.export_module import ExportError
 from tfreid.training import checkpoints
 
 GLOBAL_STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
 @dataclasses.dataclass
@@ -55,26 +57,53 @@ def _build(config: cfg.ExperimentConfig, num_classes: int):
   return model
 
 
-def _variable_keys(model) -> list[tuple[tf.Variable, Optional[str]]]:
-  """(variable, checkpoint key) of every model variable, as the trainer saves the model
-  (under the name "model" of a `tf.train.Checkpoint`)."""
+def _object_paths(model) -> dict[int, tuple[str, ...]]:
+  """id(variable) -> attribute path from a checkpoint root holding the model as "model"."""
   # Keras 3 variables are trackable children themselves (not tf.Variable instances):
   # match them by identity with model.variables.
   wanted = {id(v) for v in model.variables}
   root = tf.train.Checkpoint(model=model)
   view = tf.train.TrackableView(root)
-  keys, seen, queue = {}, set(), collections.deque([((), root)])
-  while queue:  # breadth first: the shortest path is the one the checkpoint uses
+  paths, seen, queue = {}, set(), collections.deque([((), root)])
+  while queue:
     path, obj = queue.popleft()
     if id(obj) in seen:
       continue
     seen.add(id(obj))
     if id(obj) in wanted:
-      keys[id(obj)] = "/".join(path) + "/.ATTRIBUTES/VARIABLE_VALUE"
+      paths[id(obj)] = path
       continue
     for name, child in view.children(obj).items():
       queue.append((path + (name,), child))
-  return [(v, keys.get(id(v))) for v in model.variables]
+  return paths
+
+
+def checkpoint_variable_shapes(model, path: str) -> list[tuple[object, Optional[list[int]]]]:
+  """(model variable, its shape in the checkpoint at `path`, or None when it has none).
+
+  Variables are found by following their attribute path (model/backbone/...) in the
+  checkpoint's own object graph, which is how a restore finds them: a training checkpoint
+  stores each tensor under its shortest path from the root, which for the trainable
+  variables is the optimizer's, not the model's. Variables not reachable from the model's
+  attributes (e.g. dropout RNG states) are left out.
+  """
+  reader = tf.train.load_checkpoint(path)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+  shapes = reader.get_variable_to_shape_map()
+
+  def shape_at(object_path):
+    node = graph.nodes[0]
+    for name in object_path:
+      children = {child.local_name: child.node_id for child in node.children}
+      if name not in children:
+        return None
+      node = graph.nodes[children[name]]
+    keys = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
+    return list(shapes[keys[0]]) if keys and keys[0] in shapes else None
+
+  paths = _object_paths(model)
+  return [(v, shape_at(paths[id(v)])) for v in model.variables if id(v) in paths]
 
 
 def num_classes_from_checkpoint(config: cfg.ExperimentConfig, path: str) -> int:
@@ -85,15 +114,12 @@ def num_classes_from_checkpoint(config: cfg.ExperimentConfig, path: str) -> int:
   same size, which is the number of classes.
   """
   model = _build(config, 2)
-  shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
   sizes, missing = set(), []
-  for variable, key in _variable_keys(model):
-    if key is None:
-      continue  # not reachable from the model's attributes (e.g. dropout RNG state)
-    if key not in shapes:
+  for variable, theirs in checkpoint_variable_shapes(model, path):
+    if theirs is None:
       missing.append(variable.path)
       continue
-    ours, theirs = list(variable.shape), list(shapes[key])
+    ours = list(variable.shape)
     if ours == theirs:
       continue
     if len(ours) != len(theirs) or ours[:-1] != theirs[:-1] or ours[-1] != 2:
@@ -101,16 +127,6 @@ def num_classes_from_checkpoint(config: cfg.ExperimentConfig, path: str) -> int:
                         f"{variable.path} has shape {theirs} in the checkpoint and {ours} in "
                         "the model built from the config.")
     sizes.add(theirs[-1])
-  if missing and config.data.data_dir:
-    # The trainer's checkpoint stores each variable once, under its shortest object path,
-    # which for trainable variables is the optimizer's; the object graph still restores them
-    # into the model. The class count then comes from the training data, as in evaluation.
-    from tfreid.data import reader  # pylint: disable=import-outside-toplevel
-    try:
-      return reader.load_partition(config.data.data_dir, "train",
-                                   split=config.data.split).num_classes
-    except Exception:  # pylint: disable=broad-except
-      pass
   if missing:
     raise ExportError(f"checkpoint {path} lacks {len(missing)} model variables (e.g. "
                       f"{missing[0]}): it was not written for the model of this config.yaml.")
