@@ -17,14 +17,12 @@ differences that matter on a serving machine:
 
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
 import os
 from typing import Optional
 
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tfreid import config as cfg
 from tfreid.models import build_model
@@ -32,7 +30,6 @@ from tfreid.serving.export_module import ExportError
 from tfreid.training import checkpoints
 
 GLOBAL_STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
 @dataclasses.dataclass
@@ -57,27 +54,6 @@ def _build(config: cfg.ExperimentConfig, num_classes: int):
   return model
 
 
-def _object_paths(model) -> dict[int, tuple[str, ...]]:
-  """id(variable) -> attribute path from a checkpoint root holding the model as "model"."""
-  # Keras 3 variables are trackable children themselves (not tf.Variable instances):
-  # match them by identity with model.variables.
-  wanted = {id(v) for v in model.variables}
-  root = tf.train.Checkpoint(model=model)
-  view = tf.train.TrackableView(root)
-  paths, seen, queue = {}, set(), collections.deque([((), root)])
-  while queue:
-    path, obj = queue.popleft()
-    if id(obj) in seen:
-      continue
-    seen.add(id(obj))
-    if id(obj) in wanted:
-      paths[id(obj)] = path
-      continue
-    for name, child in view.children(obj).items():
-      queue.append((path + (name,), child))
-  return paths
-
-
 def checkpoint_variable_shapes(model, path: str) -> list[tuple[object, Optional[list[int]]]]:
   """(model variable, its shape in the checkpoint at `path`, or None when it has none).
 
@@ -87,23 +63,9 @@ def checkpoint_variable_shapes(model, path: str) -> list[tuple[object, Optional[
   variables is the optimizer's, not the model's. Variables not reachable from the model's
   attributes (e.g. dropout RNG states) are left out.
   """
-  reader = tf.train.load_checkpoint(path)
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
-  shapes = reader.get_variable_to_shape_map()
-
-  def shape_at(object_path):
-    node = graph.nodes[0]
-    for name in object_path:
-      children = {child.local_name: child.node_id for child in node.children}
-      if name not in children:
-        return None
-      node = graph.nodes[children[name]]
-    keys = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
-    return list(shapes[keys[0]]) if keys and keys[0] in shapes else None
-
-  paths = _object_paths(model)
-  return [(v, shape_at(paths[id(v)])) for v in model.variables if id(v) in paths]
+  shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+  return [(v, None if key is None else list(shapes[key]))
+          for v, key in checkpoints.checkpoint_variable_keys(model, path)]
 
 
 def num_classes_from_checkpoint(config: cfg.ExperimentConfig, path: str) -> int:

@@ -6,11 +6,13 @@ save leaves the previous checkpoint as the newest valid one: `kill -9` at any mo
 same command resumes from it.
 """
 
+import collections
 import json
 import os
 
 from absl import logging
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 BEST_DIR = "best"
 BEST_FILE = "best_metrics.json"
@@ -88,6 +90,58 @@ def resolve_checkpoint(model_dir: str, checkpoint: str = "") -> str:
   return path
 
 
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+def _object_paths(model) -> dict[int, tuple[str, ...]]:
+  """id(variable) -> attribute path from a checkpoint root holding the model as "model"."""
+  # Keras 3 variables are trackable children themselves (not tf.Variable instances):
+  # match them by identity with model.variables.
+  wanted = {id(v) for v in model.variables}
+  root = tf.train.Checkpoint(model=model)
+  view = tf.train.TrackableView(root)
+  paths, seen, queue = {}, set(), collections.deque([((), root)])
+  while queue:
+    path, obj = queue.popleft()
+    if id(obj) in seen:
+      continue
+    seen.add(id(obj))
+    if id(obj) in wanted:
+      paths[id(obj)] = path
+      continue
+    for name, child in view.children(obj).items():
+      queue.append((path + (name,), child))
+  return paths
+
+
+def checkpoint_variable_keys(model, path: str) -> list[tuple[object, str | None]]:
+  """(model variable, its tensor key in the checkpoint at `path`, or None when it has none).
+
+  Variables are found by following their attribute path (model/backbone/...) in the
+  checkpoint's own object graph, which is how a restore finds them: a training checkpoint
+  stores each tensor under its shortest path from the root, which for the trainable
+  variables is the optimizer's, not the model's. Variables not reachable from the model's
+  attributes (e.g. dropout RNG states) are left out.
+  """
+  reader = tf.train.load_checkpoint(path)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+  stored = reader.get_variable_to_shape_map()
+
+  def key_at(object_path):
+    node = graph.nodes[0]
+    for name in object_path:
+      children = {child.local_name: child.node_id for child in node.children}
+      if name not in children:
+        return None
+      node = graph.nodes[children[name]]
+    keys = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
+    return keys[0] if keys and keys[0] in stored else None
+
+  paths = _object_paths(model)
+  return [(v, key_at(paths[id(v)])) for v in model.variables if id(v) in paths]
+
+
 def restore_model_weights(model, path: str) -> None:
   """Restores only the model's weights from a training checkpoint (fine-tuning, evaluation).
 
@@ -97,9 +151,8 @@ def restore_model_weights(model, path: str) -> None:
   reader = tf.train.load_checkpoint(path)
   shapes = reader.get_variable_to_shape_map()
   restored = skipped = 0
-  names = _model_variable_keys(model, path)
-  for variable, key in names:
-    if key is None or key not in shapes:
+  for variable, key in checkpoint_variable_keys(model, path):
+    if key is None:
       skipped += 1
       continue
     if list(shapes[key]) != list(variable.shape):
@@ -113,28 +166,3 @@ def restore_model_weights(model, path: str) -> None:
     raise ValueError(f"no model variable of {path} matches the model: was it trained with "
                      "another model configuration?")
   logging.info("Restored %d model variables from %s (%d skipped)", restored, path, skipped)
-
-
-def _model_variable_keys(model, path):
-  """Pairs each model variable with its key in a checkpoint written by the trainer."""
-  # The trainer checkpoints the model under the name "model"; tf.train.Checkpoint names
-  # variables by their object-graph path, which a fresh Checkpoint of the same model
-  # reproduces. Map them by saving the object graph of a model-only checkpoint.
-  probe = tf.train.Checkpoint(model=model)
-  graph_view = tf.train.TrackableView(probe)
-  keys = {}
-  for child_path, trackable in _walk(graph_view, probe, ()):
-    if isinstance(trackable, tf.Variable):
-      keys[id(trackable)] = "/".join(child_path) + "/.ATTRIBUTES/VARIABLE_VALUE"
-  return [(v, keys.get(id(v))) for v in model.variables]
-
-
-def _walk(view, obj, prefix, seen=None):
-  seen = seen if seen is not None else set()
-  if id(obj) in seen:
-    return
-  seen.add(id(obj))
-  yield prefix, obj
-  for child in view.children(obj).items():
-    name, trackable = child
-    yield from _walk(view, trackable, prefix + (name,), seen)
