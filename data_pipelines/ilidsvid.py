@@ -125,14 +125,5 @@ def build_index(input_dir: str) -> shards.DatasetIndex:
   used_set = set(used)
   dropped = [{"tracklet": f"{seq_rel}/{cam}/{p}", "reason": "person in no split"}
              for cam in CAMERAS for p in persons_by_cam[cam] if p not in used_set]
-  splits = []
-  for train, test in splits_named:
-    parts = {"train": [tid_of[(p, c)] for p in train for c in (0, 1)],
-             "query": [tid_of[(p, 0)] for p in test],
-             "gallery": [tid_of[(p, 1)] for p in test]}
-    splits.append(shards.make_split(parts, lambda t: specs[t].pid))
-  index = shards.DatasetIndex(
-      dataset="ilidsvid", root=input_dir, tracklets=specs, splits=splits,
-      protocols={"torchreid": {"query": "query", "gallery": "gallery"}},
-      split_source=source, dropped_tracklets=dropped)
-  return shards.finalize_index(index)
+  return shards.two_camera_index("ilidsvid", input_dir, specs, tid_of, splits_named, source,
+                                 dropped)

@@ -135,14 +135,5 @@ def build_index(input_dir: str, split_seed: int = 0) -> shards.DatasetIndex:
             f"{MIN_FRAMES} frames in both cameras)")
   dropped = [{"tracklet": f"{ms_rel}/{cam}/{p}", "reason": reason}
              for cam in CAMERAS for p in sorted(frames[cam]) if p not in used_set]
-  splits = []
-  for train, test in splits_named:
-    parts = {"train": [tid_of[(p, c)] for p in train for c in (0, 1)],
-             "query": [tid_of[(p, 0)] for p in test],
-             "gallery": [tid_of[(p, 1)] for p in test]}
-    splits.append(shards.make_split(parts, lambda t: specs[t].pid))
-  index = shards.DatasetIndex(
-      dataset="prid2011", root=input_dir, tracklets=specs, splits=splits,
-      protocols={"torchreid": {"query": "query", "gallery": "gallery"}},
-      split_source=source, dropped_tracklets=dropped)
-  return shards.finalize_index(index)
+  return shards.two_camera_index("prid2011", input_dir, specs, tid_of, splits_named, source,
+                                 dropped)

@@ -120,6 +120,32 @@ def make_split(partitions: dict[str, Sequence[int]], pid_of: Callable[[int], int
   return split
 
 
+def two_camera_index(dataset: str, root: str, specs: list, tid_of: dict,
+                     splits_named: Sequence, split_source: str,
+                     dropped: list) -> "DatasetIndex":
+  """The finalized index of a two-camera closed-set dataset (iLIDS-VID, PRID-2011).
+
+  Per split (REFERENCE_FACTS.md, 10-split protocol): train = both cameras' tracklets of the
+  split's train persons; query = camera A (camid 0) tracklets of its test persons; gallery =
+  camera B (camid 1) tracklets of the same persons. One protocol, "torchreid".
+
+  Args:
+    specs: every stored tracklet, ids 0..N-1.
+    tid_of: (person name, camid) -> tracklet id.
+    splits_named: per split, (train person names, test person names).
+  """
+  splits = []
+  for train, test in splits_named:
+    parts = {"train": [tid_of[(p, c)] for p in train for c in (0, 1)],
+             "query": [tid_of[(p, 0)] for p in test],
+             "gallery": [tid_of[(p, 1)] for p in test]}
+    splits.append(make_split(parts, lambda t: specs[t].pid))
+  return finalize_index(DatasetIndex(
+      dataset=dataset, root=root, tracklets=specs, splits=splits,
+      protocols={"torchreid": {"query": "query", "gallery": "gallery"}},
+      split_source=split_source, dropped_tracklets=dropped))
+
+
 def finalize_index(index: DatasetIndex) -> DatasetIndex:
   """Checks ids and sets each train tracklet's label from split 0 (schema `label`)."""
   for position, spec in enumerate(index.tracklets):

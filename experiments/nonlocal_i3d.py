@@ -8,7 +8,10 @@ Command (MARS, the paper's configuration, section 4.2):
 Paper's configuration (section 4.2): ResNet3D-50 with temporally separable inflated
 convolutions (section 3.1, fig. 3d), 5 embedded-Gaussian non-local blocks (2 in res3, 3 in
 res4, on every other residual block, right before the last block of a stage); input tracks
-of 8 frames at 256x128, randomly cropped from frames enlarged by 1/8; PK batches of
+of 8 frames taken every eighth frame of 64 consecutive ones ("eight-frame input tracks are
+randomly cropped out from 64 consecutive frames every eight frames": a consecutive clip with
+stride 8 from a random start, `data.sample_stride=8`), 256x128, randomly cropped from frames
+enlarged by 1/8; PK batches of
 32 identities x 4 tracks = 128; bottleneck FC + BN + LeakyReLU(0.1) + dropout 0.5;
 label-smoothed cross-entropy (eq. 9) + batch-hard triplet (eq. 7), summed (eq. 10); Adam,
 lr 3e-4, weight decay 5e-4; 300 epochs, exponential decay with rate 0.001 from epoch 150.
@@ -47,6 +50,7 @@ def paper_config() -> cfg.ExperimentConfig:
   c = cfg.ExperimentConfig()
   c.data.height, c.data.width, c.data.seq_len = 256, 128, 8
   c.data.train_sampler = "consecutive"
+  c.data.sample_stride = 8
   c.data.test_sampler = "dense"
   c.data.num_identities, c.data.num_instances = 32, 4
   c.data.augmentation = cfg.AugmentationConfig(crop_enlarge=0.125, flip=True)
@@ -74,6 +78,7 @@ def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
   """Scaled down to train on a laptop CPU in minutes; same structure as the paper's."""
   c.data.data_dir = "runs/data/synthetic"
   c.data.height, c.data.width, c.data.seq_len = 64, 32, 4
+  c.data.sample_stride = 1  # synthetic tracklets are short (tens of frames)
   c.data.num_identities, c.data.num_instances = 8, 4
   c.data.test_batch_size = 64
   c.model.backbone.block_counts = [1, 2, 2, 1]
@@ -105,7 +110,8 @@ def get_config(variant: str = "") -> cfg.ExperimentConfig:
     c.model.backbone.weights_path = "weights/resnet3d50_nl_kinetics.weights.h5"
   elif variant in ("ilidsvid", "prid2011"):
     # Section 4.4.2: fine-tuned from the MARS model; the small datasets are evaluated with
-    # the closed-set 10-split protocol (mean over data.split=0..9).
+    # the closed-set 10-split protocol (mean over data.split=0..9). The paper does not give
+    # the fine-tuning schedule: 100 epochs, decaying from epoch 50, is this library's choice.
     c.model.backbone.init = "none"
     c.trainer.epochs = 100
     c.schedule = cfg.ScheduleConfig(name="exponential", decay_start_epoch=50,

@@ -27,13 +27,14 @@ import keras
 from tfreid.backbones import resnet3d, weights
 from tfreid.config import ConfigError
 from tfreid.layers.preprocessing import ClipNormalization
+from tfreid.models.base import ConfigKeysMixin, head_kwargs
 from tfreid.models.heads import BottleneckHead
 
 PAPER_CONFIG_PARAMS = 36_071_473
 
 
 @keras.saving.register_keras_serializable(package="tfreid")
-class NonLocalI3D(keras.Model):
+class NonLocalI3D(ConfigKeysMixin, keras.Model):
   """ResNet3D-50 + non-local blocks + bottleneck head.
 
   ``model({"clips": uint8 [B, T, H, W, 3]}, training=...)`` returns float32
@@ -50,6 +51,10 @@ class NonLocalI3D(keras.Model):
     embedding_dim, leaky_relu_alpha, dropout: see :class:`BottleneckHead`.
     normalization: :class:`ClipNormalization` mode.
   """
+
+  CONFIG_KEYS = ("num_classes", "block_counts", "base_width", "last_stride", "temporal_kernel",
+                 "nonlocal_blocks", "nonlocal_ratio", "nonlocal_subsample", "embedding_dim",
+                 "leaky_relu_alpha", "dropout", "normalization")
 
   def __init__(self, num_classes: int, block_counts=(3, 4, 6, 3), base_width: int = 64,
                last_stride: int = 1, temporal_kernel: int = 3, nonlocal_blocks=(0, 2, 3, 0),
@@ -87,25 +92,10 @@ class NonLocalI3D(keras.Model):
     feature_map = self.backbone(self.normalize(clips), training=training)["res5"]
     return self.head(feature_map, training=training)
 
-  def get_config(self):
-    config = super().get_config()
-    config.update({
-        "num_classes": self.num_classes, "block_counts": list(self.block_counts),
-        "base_width": self.base_width, "last_stride": self.last_stride,
-        "temporal_kernel": self.temporal_kernel, "nonlocal_blocks": list(self.nonlocal_blocks),
-        "nonlocal_ratio": self.nonlocal_ratio, "nonlocal_subsample": self.nonlocal_subsample,
-        "embedding_dim": self.embedding_dim, "leaky_relu_alpha": self.leaky_relu_alpha,
-        "dropout": self.dropout, "normalization": self.normalization})
-    return config
-
 
 def model_kwargs(config) -> dict:
   """:class:`NonLocalI3D` arguments (but num_classes) from an ExperimentConfig."""
-  head = config.model.head
-  kwargs = resnet3d.resnet3d_kwargs(config.model.backbone)
-  kwargs.update({"embedding_dim": head.embedding_dim,
-                 "leaky_relu_alpha": head.leaky_relu_alpha, "dropout": head.dropout})
-  return kwargs
+  return {**resnet3d.resnet3d_kwargs(config.model.backbone), **head_kwargs(config.model.head)}
 
 
 def build(config, num_classes: int) -> NonLocalI3D:

@@ -18,11 +18,12 @@ from keras import ops
 from tfreid.backbones import resnet2d, resnet3d, weights
 from tfreid.config import ConfigError
 from tfreid.layers.preprocessing import ClipNormalization
+from tfreid.models.base import ConfigKeysMixin, head_kwargs
 from tfreid.models.heads import BottleneckHead
 
 
 @keras.saving.register_keras_serializable(package="tfreid")
-class TemporalPooling(keras.Model):
+class TemporalPooling(ConfigKeysMixin, keras.Model):
   """Per-frame 2-D ResNet, temporal average pooling, bottleneck head.
 
   ``model({"clips": uint8 [B, T, H, W, 3]}, training=...)`` folds time into the batch
@@ -36,6 +37,9 @@ class TemporalPooling(keras.Model):
     embedding_dim, leaky_relu_alpha, dropout: see :class:`BottleneckHead`.
     normalization: :class:`ClipNormalization` mode.
   """
+
+  CONFIG_KEYS = ("num_classes", "block_counts", "base_width", "last_stride", "embedding_dim",
+                 "leaky_relu_alpha", "dropout", "normalization")
 
   def __init__(self, num_classes: int, block_counts=(3, 4, 6, 3), base_width: int = 64,
                last_stride: int = 1, embedding_dim: int = 512, leaky_relu_alpha: float = 0.1,
@@ -68,23 +72,10 @@ class TemporalPooling(keras.Model):
     maps = ops.reshape(maps, (shape[0], shape[1], map_shape[1], map_shape[2], map_shape[3]))
     return self.head(maps, training=training)
 
-  def get_config(self):
-    config = super().get_config()
-    config.update({
-        "num_classes": self.num_classes, "block_counts": list(self.block_counts),
-        "base_width": self.base_width, "last_stride": self.last_stride,
-        "embedding_dim": self.embedding_dim, "leaky_relu_alpha": self.leaky_relu_alpha,
-        "dropout": self.dropout, "normalization": self.normalization})
-    return config
-
 
 def model_kwargs(config) -> dict:
   """:class:`TemporalPooling` arguments (but num_classes) from an ExperimentConfig."""
-  head = config.model.head
-  kwargs = resnet2d.resnet2d_kwargs(config.model.backbone)
-  kwargs.update({"embedding_dim": head.embedding_dim,
-                 "leaky_relu_alpha": head.leaky_relu_alpha, "dropout": head.dropout})
-  return kwargs
+  return {**resnet2d.resnet2d_kwargs(config.model.backbone), **head_kwargs(config.model.head)}
 
 
 def build(config, num_classes: int) -> TemporalPooling:
