@@ -95,3 +95,42 @@ def test_save_png_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(saved), image)
   with pytest.raises(ValueError, match="image must be uint8"):
     report.save_png(str(path), image.astype(np.float32))
+
+
+def _split_record(split, rank1, map_value, step):
+  """A metrics.json record of one split: CMC rank1 at rank 1, 0.9 from rank 2 to 4, then 1."""
+  cmc = [rank1] + [0.9] * 3 + [1.0] * 16
+  return {"split": split, "rank1": rank1, "rank5": 1.0, "rank10": 1.0, "rank20": 1.0,
+          "mAP": map_value, "cmc": cmc, "num_gallery": 150, "checkpoint_step": step,
+          "num_valid_queries": 150}
+
+
+def test_split_table_mean_and_sample_std(tmp_path):
+  # Imported here: the evaluation module pulls in TensorFlow, the tests above do not need it.
+  from tfreid.training import evaluation  # pylint: disable=import-outside-toplevel
+  records = [_split_record(0, 0.5, 0.4, 100), _split_record(3, 0.7, 0.5, 120)]
+  aggregate = evaluation.aggregate_records(records)
+  # Means 0.6 / 0.45; sample std sqrt(2 * 0.1^2 / 1) = 0.1414 and sqrt(2 * 0.05^2) = 0.0707.
+  assert aggregate["rank1"] == pytest.approx(0.6)
+  assert aggregate["rank1_std"] == pytest.approx(0.02 ** 0.5)
+  assert aggregate["mAP_std"] == pytest.approx(0.005 ** 0.5)
+  assert aggregate["rank5_std"] == 0.0
+  assert aggregate["splits"] == [0, 3] and aggregate["num_splits"] == 2
+  assert aggregate["cmc"][:2] == pytest.approx([0.6, 0.9])
+  evaluation.write_aggregate_reports(str(tmp_path), aggregate, "Title", "About.",
+                                     json_name="s.json", md_name="s.md", cmc_name="s.png")
+  assert (tmp_path / "s.md").read_text(encoding="utf-8").splitlines() == [
+      "# Title", "", "About.", "",
+      "| split | rank-1 | rank-5 | rank-10 | rank-20 | mAP | step |",
+      "| --- | --- | --- | --- | --- | --- | --- |",
+      "| 0 | 50.0 | 100.0 | 100.0 | 100.0 | 40.0 | 100 |",
+      "| 3 | 70.0 | 100.0 | 100.0 | 100.0 | 50.0 | 120 |",
+      "| mean ± std (2 splits) | 60.0 ± 14.1 | 100.0 ± 0.0 | 100.0 ± 0.0 | 100.0 ± 0.0 | "
+      "45.0 ± 7.1 |  |"]
+  with Image.open(tmp_path / "s.png") as image:
+    assert image.format == "PNG"
+  single = evaluation.aggregate_records(records[:1])
+  assert single["rank1"] == 0.5 and single["rank1_std"] is None
+  assert single["std"] == "undefined for a single split"
+  with pytest.raises(ValueError, match="no per-split records"):
+    evaluation.aggregate_records([])

@@ -5,12 +5,18 @@ pipeline, clips batched so a 900-frame tracklet never sits in one batch); clip o
 averaged per tracklet (torchreid's "dense" test); the distance is Euclidean (or the
 experiment's `eval.distance`, or the model's own `pairwise_distance`); CMC and mAP follow
 `eval.protocol` (`tfreid.metrics.evaluate_rank`).
+
+Reports: `write_reports` writes one evaluation (metrics.json, metrics.md, cmc.png, rank-list
+PNGs, TensorBoard); `aggregate_records` and `write_aggregate_reports` turn the per-split
+records of a 10-split dataset into the mean and sample standard deviation over splits
+(`python -m tfreid.splits`, `python -m tfreid.evaluate --split=all`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import weakref
 
 from absl import logging
 import numpy as np
@@ -22,31 +28,67 @@ from tfreid.data import pipeline as data_pipeline
 from tfreid.data import reader as data_reader
 from tfreid.data import schema
 from tfreid.metrics import report
+from tfreid.metrics import splits as splits_lib
 
 SUMMARY_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP")
 
 
 def resolve_protocol(config: cfg.ExperimentConfig, protocol: str | None = None
                      ) -> tuple[str, str]:
-  """Returns (manifest protocol name, metric protocol) for the dataset.
+  """Returns (manifest protocol name, metric protocol) for the dataset of `config`.
 
   MARS has both `torchreid` and `mars_matlab` in its manifest; the closed-set datasets
   (iLIDS-VID, PRID-2011: query camera vs the other camera) and DukeMTMC-VideoReID have one,
-  evaluated with the torchreid rules.
+  evaluated with the torchreid rules. An explicit `protocol` the dataset lacks is an error;
+  `eval.protocol` of the config (used when `protocol` is None) falls back to the dataset's
+  default protocol, so a MARS run evaluated with mars_matlab can be tested on PRID-2011
+  (cross-dataset testing).
   """
-  protocol = protocol or config.eval.protocol
   manifest = schema.read_manifest(config.data.data_dir)
   available = list(manifest["protocols"])
-  if protocol in available:
-    return protocol, ("mars_matlab" if protocol == "mars_matlab" else "torchreid")
+  wanted = protocol or config.eval.protocol
+  if wanted in available:
+    return wanted, ("mars_matlab" if wanted == "mars_matlab" else "torchreid")
   if protocol == "mars_matlab":
     raise ValueError(f"protocol mars_matlab needs a MARS dataset; {config.data.data_dir} "
-                     f"({manifest['dataset']}) has protocols {available}.")
+                     f"({manifest['dataset']}) has protocols {available}. Evaluate it with "
+                     f"--protocol={available[0]}.")
+  if protocol is not None and protocol != "torchreid":
+    raise ValueError(f"protocol {protocol!r} is not one of the protocols of "
+                     f"{config.data.data_dir} ({manifest['dataset']}): {available}.")
+  if wanted != available[0]:
+    logging.info("%s has no protocol %r; using its default protocol %r.",
+                 config.data.data_dir, wanted, available[0])
   return available[0], "torchreid"
 
 
 def _outputs_to_average(config: cfg.ExperimentConfig, model) -> str:
   return "all" if config.eval.distance == "learned" else "embedding"
+
+
+# model -> {outputs to average: traced feature function}; entries go with their model.
+_FEATURE_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _feature_function(model, which: str):
+  """The model's test forward pass as one tf.function per model (traced once, whatever the
+  partition, split or last-batch size), float32 outputs without the logits."""
+  functions = _FEATURE_FUNCTIONS.setdefault(model, {})
+  if which not in functions:
+    model_ref = weakref.ref(model)  # the cache must not keep the model alive
+
+    @tf.function(reduce_retracing=True)
+    def run(batch):
+      inputs = {k: batch[k] for k in ("clips", "flow", "keypoints") if k in batch}
+      outputs = model_ref()(inputs, training=False)
+      if which == "embedding":
+        outputs = {"embedding": outputs["embedding"]}
+      else:
+        outputs = {k: v for k, v in outputs.items() if k != "logits"}
+      return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+
+    functions[which] = run
+  return functions[which]
 
 
 def extract_features(config: cfg.ExperimentConfig, model, partition: str,
@@ -60,18 +102,7 @@ def extract_features(config: cfg.ExperimentConfig, model, partition: str,
   index = data_reader.load_partition(config.data.data_dir, partition, split=split,
                                      protocol=protocol)
   dataset = data_pipeline.make_test_dataset(config, partition, split=split, protocol=protocol)
-  which = _outputs_to_average(config, model)
-
-  @tf.function
-  def run(batch):
-    inputs = {k: batch[k] for k in ("clips", "flow", "keypoints") if k in batch}
-    outputs = model(inputs, training=False)
-    if which == "embedding":
-      outputs = {"embedding": outputs["embedding"]}
-    else:
-      outputs = {k: v for k, v in outputs.items() if k != "logits"}
-    return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
-
+  run = _feature_function(model, _outputs_to_average(config, model))
   n = len(index.pids)
   sums: dict[str, np.ndarray] = {}
   counts = np.zeros(n, np.int64)
@@ -135,9 +166,48 @@ def evaluate_model(config: cfg.ExperimentConfig, model, protocol: str | None = N
 # ------------------------------------------------------------------------------ reports
 
 
+def dataset_info(data_dir: str, split: int) -> dict:
+  """{"dataset", "data_dir", "split", "num_splits"} of a converted dataset, for reports."""
+  manifest = schema.read_manifest(data_dir)
+  return {"dataset": manifest.get("dataset"), "data_dir": os.path.abspath(data_dir),
+          "split": int(split), "num_splits": len(manifest.get("splits", []))}
+
+
+# Camera names of the query and gallery sides of the closed-set datasets (REFERENCE_FACTS.md).
+_CLOSED_SET_CAMERAS = {"ilidsvid": ("cam1", "cam2"), "prid2011": ("cam_a", "cam_b")}
+
+
+def protocol_description(data_dir: str, protocol: str, split: int = 0) -> str:
+  """One sentence saying how query and gallery of `protocol` are formed and scored."""
+  manifest = schema.read_manifest(data_dir)
+  dataset = manifest.get("dataset")
+  num_splits = len(manifest.get("splits", []))
+  roles = manifest["protocols"][protocol]
+  parts = manifest["splits"][split]
+  num_query, num_gallery = len(parts[roles["query"]]), len(parts[roles["gallery"]])
+  rules = ("official MARS MATLAB rules: junk = pid -1 and same pid and camera, trapezoid AP, "
+           "all queries" if protocol == "mars_matlab" else
+           "torchreid rules: same pid and camera removed, non-interpolated AP, queries "
+           "without a true match skipped")
+  if dataset in _CLOSED_SET_CAMERAS:
+    query_cam, gallery_cam = _CLOSED_SET_CAMERAS[dataset]
+    return (f"{dataset} closed-set {num_splits}-split protocol: per split, query = the "
+            f"{query_cam} tracklets of the test persons ({num_query} in split {split}), "
+            f"gallery = their {gallery_cam} tracklets ({num_gallery}); one true match per "
+            f"query; CMC by the {rules}")
+  return (f"{dataset}, protocol {protocol}: query = partition {roles['query']!r} "
+          f"({num_query} tracklets), gallery = partition {roles['gallery']!r} "
+          f"({num_gallery}); CMC and mAP by the {rules}")
+
+
 def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
-                  checkpoint_step: int, writer=None) -> dict:
-  """metrics.json (contract keys), metrics.md, cmc.png and rank-list PNGs under out_dir."""
+                  checkpoint_step: int, writer=None, extra: dict | None = None) -> dict:
+  """metrics.json (contract keys), metrics.md, cmc.png and rank-list PNGs under out_dir.
+
+  `extra` (e.g. `trained_on` / `tested_on` of a cross-dataset test) is added to the
+  metrics.json record. With `writer`, the scalars `eval/rank1` ... `eval/mAP` and the
+  rank-list images `rank_list/<name>` go to TensorBoard at `checkpoint_step`.
+  """
   os.makedirs(out_dir, exist_ok=True)
   summary = evaluation["summary"]
   result = evaluation["result"]
@@ -151,12 +221,19 @@ def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
       "num_gallery": int(len(evaluation["gallery_index"].pids)),
       "cmc": [float(x) for x in result["cmc"]],
   })
+  record.update(extra or {})
   _write_json(os.path.join(out_dir, "metrics.json"), record)
   row = {"experiment": config.experiment, "protocol": record["protocol"],
          "rank-1": summary["rank1"], "rank-5": summary["rank5"], "rank-10": summary["rank10"],
          "rank-20": summary["rank20"], "mAP": summary["mAP"]}
-  report.write_markdown_table(os.path.join(out_dir, "metrics.md"), [row],
-                              title=f"{config.experiment} at step {checkpoint_step}")
+  title = f"{config.experiment} at step {checkpoint_step}"
+  tested = record.get("tested_on")
+  if tested:
+    title += f", tested on {tested['dataset']} split {tested['split']}"
+  trained = record.get("trained_on")
+  if trained and record.get("cross_dataset"):
+    title += f" (trained on {trained['dataset']} split {trained['split']})"
+  report.write_markdown_table(os.path.join(out_dir, "metrics.md"), [row], title=title)
   report.plot_cmc(os.path.join(out_dir, "cmc.png"), {record["protocol"]: result["cmc"]})
   images = rank_list_images(config, evaluation, config.eval.num_rank_lists)
   rank_dir = os.path.join(out_dir, "rank_lists")
@@ -171,6 +248,82 @@ def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
         tf.summary.image(f"rank_list/{name}", image[None])
     writer.flush()
   return record
+
+
+def aggregate_records(records: list[dict]) -> dict:
+  """Mean and sample std (`SPLITS_STD_DDOF`) of per-split metrics.json records.
+
+  Returns a record with the contract keys (`rank1` ... `mAP`, the means over the splits),
+  `rank1_std` ... `mAP_std` (None for a single split, whose spread is undefined),
+  `std` (which standard deviation), `splits`, `num_splits`, `per_split` (split, the five
+  metrics, checkpoint_step, num_valid_queries of each) and `cmc` (the mean curve, when
+  every split has a curve of the same length).
+  """
+  if not records:
+    raise ValueError("no per-split records to aggregate.")
+  ddof = splits_lib.SPLITS_STD_DDOF if len(records) > splits_lib.SPLITS_STD_DDOF else 0
+  aggregated = metrics.aggregate_splits(records, ddof=ddof)
+  out = {key: aggregated[key] for key in SUMMARY_KEYS}
+  for key in SUMMARY_KEYS:
+    out[f"{key}_std"] = (aggregated[f"{key}_std"] if ddof == splits_lib.SPLITS_STD_DDOF
+                         else None)
+  out["std"] = (f"sample standard deviation over splits (ddof={splits_lib.SPLITS_STD_DDOF})"
+                if ddof == splits_lib.SPLITS_STD_DDOF else "undefined for a single split")
+  out["splits"] = [int(r["split"]) for r in records]
+  out["num_splits"] = len(records)
+  out["per_split"] = [
+      {"split": int(r["split"]), **{key: float(r[key]) for key in SUMMARY_KEYS},
+       "checkpoint_step": r.get("checkpoint_step"),
+       "num_valid_queries": r.get("num_valid_queries")} for r in records]
+  if "cmc" in aggregated:
+    out["cmc"] = [float(x) for x in aggregated["cmc"]]
+  return out
+
+
+def spread_sentence(aggregate: dict) -> str:
+  """How to read the last row of an aggregate table (mean ± which std, or one split)."""
+  if aggregate["mAP_std"] is None:
+    return ("Values in %; the last row repeats the single split (a standard deviation needs "
+            "two or more).")
+  return f"Values in %; the last row is the mean ± {aggregate['std']}."
+
+
+def write_aggregate_reports(out_dir: str, aggregate: dict, title: str, description: str,
+                            json_name: str = "metrics.json", md_name: str = "metrics.md",
+                            cmc_name: str = "cmc.png", writer=None, step: int = 0) -> None:
+  """Writes an `aggregate_records` record as JSON, a Markdown table (one row per split,
+  then mean ± std, in %) and, when it has one, the mean CMC curve as PNG."""
+  os.makedirs(out_dir, exist_ok=True)
+  _write_json(os.path.join(out_dir, json_name), aggregate)
+  columns = ("rank-1", "rank-5", "rank-10", "rank-20", "mAP")
+  lines = [f"# {title}", "", description, "",
+           "| split | " + " | ".join(columns) + " | step |",
+           "|" + "|".join(" --- " for _ in range(len(columns) + 2)) + "|"]
+  for row in aggregate["per_split"]:
+    lines.append(f"| {row['split']} | " + " | ".join(
+        f"{100 * row[key]:.1f}" for key in SUMMARY_KEYS) + f" | {row['checkpoint_step']} |")
+  cells = []
+  for key in SUMMARY_KEYS:
+    std = aggregate[f"{key}_std"]
+    cells.append(f"{100 * aggregate[key]:.1f}" +
+                 ("" if std is None else f" ± {100 * std:.1f}"))
+  num = aggregate["num_splits"]
+  label = (f"mean ± std ({num} splits)" if aggregate["mAP_std"] is not None else
+           f"mean ({num} split{'s' if num != 1 else ''})")
+  lines.append(f"| {label} | " + " | ".join(cells) + " |  |")
+  with open(os.path.join(out_dir, md_name), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  if "cmc" in aggregate:
+    report.plot_cmc(os.path.join(out_dir, cmc_name),
+                    {f"mean of {aggregate['num_splits']} splits": aggregate["cmc"]},
+                    title=title)
+  if writer is not None:
+    with writer.as_default(step=step):
+      for key in SUMMARY_KEYS:
+        tf.summary.scalar(f"eval/{key}", aggregate[key])
+        if aggregate[f"{key}_std"] is not None:
+          tf.summary.scalar(f"eval/{key}_std", aggregate[f"{key}_std"])
+    writer.flush()
 
 
 def _write_json(path: str, content: dict) -> None:
