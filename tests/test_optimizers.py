@@ -191,3 +191,12 @@ def test_clip_gradients_by_value_then_global_norm():
   # The norm bound is not applied when the gradient is already within it.
   small = optimizers.clip_gradients([tf.constant(g2 / 100)], clip_global_norm=4.0)
   np.testing.assert_allclose(small[0].numpy(), g2 / 100, rtol=1e-6)
+
+
+def test_clip_by_value_keeps_inf_and_nan_for_loss_scaling():
+  """An overflow must stay visible to the LossScaleOptimizer after clipping."""
+  g = np.array([np.inf, -np.inf, np.nan, 7.0, -0.5], np.float32)
+  sparse = tf.IndexedSlices(tf.constant([[np.inf, 9.0]]), tf.constant([0]), tf.constant([2, 2]))
+  dense, sliced = optimizers.clip_gradients([tf.constant(g), sparse], clip_value=5.0)
+  np.testing.assert_array_equal(dense.numpy(), [np.inf, -np.inf, np.nan, 5.0, -0.5])
+  np.testing.assert_array_equal(sliced.values.numpy(), [[np.inf, 5.0]])

@@ -16,54 +16,85 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 BEST_DIR = "best"
 BEST_FILE = "best_metrics.json"
+# Scratch checkpoints of the non-chief workers (removed after each save).
+WORKER_DIR = "worker_tmp"
 
 
 class CheckpointKeeper:
-  """The newest `keep` checkpoints in `model_dir`, plus the best by mAP in `model_dir/best`."""
+  """The newest `keep` checkpoints in `model_dir`, plus the best by mAP in `model_dir/best`.
+
+  Under MultiWorkerMirroredStrategy every worker takes part in each save (saving reads
+  mirrored variables through collective ops), but only the chief writes to `model_dir`; the
+  other workers write to a scratch directory under `model_dir/worker_tmp/` that is removed
+  after each save, so a shared `model_dir` holds exactly the chief's checkpoints. Every
+  worker resumes from the newest checkpoint in `model_dir`.
+  """
 
   def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, keep: int,
-               step_counter: tf.Variable):
+               step_counter: tf.Variable, chief: bool = True, task: str = "worker"):
     self.checkpoint = checkpoint
     self.model_dir = model_dir
-    self.manager = tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=keep,
+    self.chief = chief
+    self.write_dir = model_dir if chief else os.path.join(model_dir, WORKER_DIR, task)
+    self.manager = tf.train.CheckpointManager(checkpoint, self.write_dir,
+                                              max_to_keep=keep if chief else 1,
                                               step_counter=step_counter)
     self.best_manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1, step_counter=step_counter)
+        checkpoint, os.path.join(self.write_dir, BEST_DIR), max_to_keep=1,
+        step_counter=step_counter)
+    best = self.best_metrics()
+    self._best_map = float(best["mAP"]) if best else float("-inf")
 
   @property
   def latest(self) -> str | None:
-    return self.manager.latest_checkpoint
+    """The newest checkpoint in model_dir (the chief's)."""
+    if self.chief:
+      return self.manager.latest_checkpoint
+    return tf.train.latest_checkpoint(self.model_dir)
 
   def restore_latest(self) -> str | None:
     """Restores the newest checkpoint in model_dir; returns its path or None."""
-    path = self.manager.latest_checkpoint
+    path = tf.train.latest_checkpoint(self.model_dir)
     if path:
       self.checkpoint.restore(path).expect_partial()
       logging.info("Resumed from %s", path)
     return path
 
   def save(self, step: int) -> str:
-    return self.manager.save(checkpoint_number=step)
+    """Saves the training state as checkpoint `step`; returns the chief's path for it."""
+    path = self.manager.save(checkpoint_number=step)
+    if not self.chief:
+      tf.io.gfile.rmtree(self.write_dir)
+      path = os.path.join(self.model_dir, os.path.basename(path))
+    return path
 
   def best_metrics(self) -> dict | None:
+    """The metrics of the best checkpoint in model_dir/best, or None before the first one."""
     path = os.path.join(self.model_dir, BEST_DIR, BEST_FILE)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
       return None
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
       return json.load(f)
 
   def maybe_save_best(self, step: int, metrics: dict) -> bool:
-    """Saves the current state as the best checkpoint when its mAP beats the best so far."""
-    best = self.best_metrics()
-    if best is not None and metrics["mAP"] <= best["mAP"]:
+    """Saves the current state as the best checkpoint when its mAP beats the best so far.
+
+    The decision uses the best mAP read when this keeper was made (or saved since), never
+    the file another worker may be rewriting, so every worker decides alike.
+    """
+    if metrics["mAP"] <= self._best_map:
       return False
+    self._best_map = float(metrics["mAP"])
     path = self.best_manager.save(checkpoint_number=step)
+    if not self.chief:
+      tf.io.gfile.rmtree(self.write_dir)
+      return True
     record = dict(metrics, checkpoint=path, step=int(step))
     target = os.path.join(self.model_dir, BEST_DIR, BEST_FILE)
     tmp = target + ".tmp"
-    with open(tmp, "w") as f:
+    with tf.io.gfile.GFile(tmp, "w") as f:
       json.dump(record, f, indent=1)
-    os.replace(tmp, target)
+    tf.io.gfile.rename(tmp, target, overwrite=True)
     return True
 
 
@@ -88,6 +119,23 @@ def resolve_checkpoint(model_dir: str, checkpoint: str = "") -> str:
   if not tf.io.gfile.exists(path + ".index"):
     raise FileNotFoundError(f"checkpoint {path!r} does not exist (no {path}.index).")
   return path
+
+
+def resolve_init_checkpoint(init_checkpoint: str) -> str:
+  """The checkpoint `trainer.init_checkpoint` names: a run's model_dir (its newest
+  checkpoint), `DIR/best` (the best one), or a checkpoint path such as `DIR/ckpt-1200`."""
+  if tf.io.gfile.isdir(init_checkpoint):
+    if tf.train.latest_checkpoint(init_checkpoint) is None:
+      raise FileNotFoundError(
+          f"trainer.init_checkpoint={init_checkpoint!r} is a directory without checkpoints; "
+          "expected the model_dir of a finished run or a checkpoint path like DIR/ckpt-1200.")
+    return tf.train.latest_checkpoint(init_checkpoint)
+  try:
+    return resolve_checkpoint(os.path.dirname(init_checkpoint), init_checkpoint)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"trainer.init_checkpoint={init_checkpoint!r}: {e} Expected the "
+                            "model_dir of a finished run or a checkpoint path like "
+                            "DIR/ckpt-1200.") from e
 
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -142,11 +190,13 @@ def checkpoint_variable_keys(model, path: str) -> list[tuple[object, str | None]
   return [(v, key_at(paths[id(v)])) for v in model.variables if id(v) in paths]
 
 
-def restore_model_weights(model, path: str) -> None:
+def restore_model_weights(model, path: str) -> tuple[int, int]:
   """Restores only the model's weights from a training checkpoint (fine-tuning, evaluation).
 
   The classifier of a checkpoint trained on another dataset has another shape; its
-  variables are skipped with a log line, everything else must match.
+  variables are skipped with a log line, everything else must match. The optimizer state,
+  step counter and loss-term state of the checkpoint are not read. Returns (restored,
+  skipped) variable counts.
   """
   reader = tf.train.load_checkpoint(path)
   shapes = reader.get_variable_to_shape_map()
@@ -166,3 +216,4 @@ def restore_model_weights(model, path: str) -> None:
     raise ValueError(f"no model variable of {path} matches the model: was it trained with "
                      "another model configuration?")
   logging.info("Restored %d model variables from %s (%d skipped)", restored, path, skipped)
+  return restored, skipped

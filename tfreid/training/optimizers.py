@@ -220,7 +220,10 @@ def clip_gradients(grads, clip_global_norm: float = 0.0, clip_value: float = 0.0
   """Element-wise clipping to [-clip_value, clip_value], then global-norm clipping.
 
   A bound of 0 disables that step. ``None`` gradients pass through; ``tf.IndexedSlices`` keep
-  their indices. Clip the gradient the update uses: under MirroredStrategy that is the
+  their indices. Non-finite elements are not clipped by value, so an overflow stays visible
+  to ``keras.optimizers.LossScaleOptimizer`` (which then skips the step).
+
+  Clip the gradient the update uses: under MirroredStrategy that is the
   all-reduced (summed) gradient, e.g. ``ctx.all_reduce("sum", grads)``, clipped, divided by
   ``num_replicas_in_sync`` before ``optimizer.apply`` (Keras sums the replicas' gradients
   again).
@@ -235,13 +238,18 @@ def clip_gradients(grads, clip_global_norm: float = 0.0, clip_value: float = 0.0
   """
   grads = list(grads)
   if clip_value > 0:
+    def clip_finite(values):
+      # Inf and NaN stay as they are: a loss-scale optimizer must still see an overflow
+      # (clipping inf to the bound would turn it into an ordinary update).
+      clipped = tf.clip_by_value(values, -clip_value, clip_value)
+      return tf.where(tf.math.is_finite(values), clipped, values)
+
     def clip(g):
       if g is None:
         return None
       if isinstance(g, tf.IndexedSlices):
-        return tf.IndexedSlices(tf.clip_by_value(g.values, -clip_value, clip_value),
-                                g.indices, g.dense_shape)
-      return tf.clip_by_value(g, -clip_value, clip_value)
+        return tf.IndexedSlices(clip_finite(g.values), g.indices, g.dense_shape)
+      return clip_finite(g)
     grads = [clip(g) for g in grads]
   if clip_global_norm > 0:
     grads, _ = tf.clip_by_global_norm(grads, clip_global_norm)

@@ -37,9 +37,29 @@ def create_strategy(runtime_config) -> tf.distribute.Strategy:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """True on the worker that writes summaries, configs and reports."""
+  """True on the worker that writes checkpoints, summaries, configs and reports: the "chief"
+  task when TF_CONFIG's cluster has one, otherwise worker 0."""
   resolver = getattr(strategy, "cluster_resolver", None)
   if resolver is None or not resolver.task_type:
     return True
-  return resolver.task_type == "chief" or (
-      resolver.task_type == "worker" and resolver.task_id == 0)
+  if resolver.task_type == "chief":
+    return True
+  has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
+  return resolver.task_type == "worker" and int(resolver.task_id or 0) == 0 and not has_chief
+
+
+def task_name(strategy: tf.distribute.Strategy) -> str:
+  """This process's task in the cluster, e.g. "worker_1" ("chief_0" without a cluster)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return "chief_0"
+  return f"{resolver.task_type}_{int(resolver.task_id or 0)}"
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+  """Number of worker processes taking part in training (1 without a cluster)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return 1
+  spec = resolver.cluster_spec().as_dict()
+  return sum(len(spec.get(job, [])) for job in ("chief", "worker"))

@@ -12,6 +12,7 @@ branches on the method: the model's outputs and the experiment's loss terms deci
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -37,6 +38,9 @@ class TrainingError(RuntimeError):
 
 
 def set_mixed_precision(runtime: cfg.RuntimeConfig) -> None:
+  """Sets Keras' global dtype policy to `runtime.mixed_precision` (the models the trainer
+  builds afterwards compute in float16/bfloat16 with float32 variables). The policy stays
+  set after training; `keras.mixed_precision.set_global_policy("float32")` resets it."""
   keras.mixed_precision.set_global_policy(runtime.mixed_precision)
 
 
@@ -81,6 +85,7 @@ class Trainer:
     self.num_replicas = self.strategy.num_replicas_in_sync
     self.profile_steps = tuple(profile_steps) if profile_steps else None
     self.chief = strategy_lib.is_chief(self.strategy)
+    self.num_workers = strategy_lib.num_workers(self.strategy)
     set_mixed_precision(config.runtime)
     tf.random.set_seed(config.runtime.seed)
     keras.utils.set_random_seed(config.runtime.seed)
@@ -96,9 +101,25 @@ class Trainer:
     self.steps_per_epoch = config.trainer.steps_per_epoch or steps_per_epoch or 1
     self.total_steps = self.steps_per_epoch * config.trainer.epochs
 
+    # ----------------------------------------------------- what initialises the model
+    # The newest checkpoint of model_dir wins; otherwise trainer.init_checkpoint (fine-tuning)
+    # gives every model variable but a classifier of another shape; otherwise the backbone
+    # initialisation of the config. Pretrained backbone weights are read only in that last
+    # case, so a resumed or fine-tuned run neither needs nor reads the weights file.
+    own_checkpoint = tf.train.latest_checkpoint(model_dir)
+    init_checkpoint = ""
+    if not own_checkpoint and config.trainer.init_checkpoint:
+      init_checkpoint = ckpt_lib.resolve_init_checkpoint(config.trainer.init_checkpoint)
+    model_config = config
+    if (own_checkpoint or init_checkpoint) and config.model.backbone.init != "none":
+      logging.info("Not loading the %s backbone weights: the model comes from %s.",
+                   config.model.backbone.init, own_checkpoint or init_checkpoint)
+      model_config = copy.deepcopy(config)
+      model_config.model.backbone.init = "none"
+
     # --------------------------------------------------------- model, optimizer, losses
     with self.strategy.scope():
-      self.model = build_model(config, self.num_classes)
+      self.model = build_model(model_config, self.num_classes)
       self.model(dummy_inputs(config), training=False)
       self.optimizer = opt_lib.build_optimizer(config, self.steps_per_epoch)
       self.optimizer.build(self.model.trainable_variables)
@@ -112,16 +133,17 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                           global_step=self.global_step,
                                           rng=seed_generator_states(self.model), **stateful)
-    self.keeper = ckpt_lib.CheckpointKeeper(self.checkpoint, model_dir,
-                                            config.trainer.keep_checkpoints, self.global_step)
-    resumed = self.keeper.restore_latest()
-    if not resumed and config.trainer.init_checkpoint:
-      path = ckpt_lib.resolve_checkpoint(os.path.dirname(config.trainer.init_checkpoint),
-                                         config.trainer.init_checkpoint)
-      ckpt_lib.restore_model_weights(self.model, path)
-    self.resumed_from = resumed
+    self.keeper = ckpt_lib.CheckpointKeeper(
+        self.checkpoint, model_dir, config.trainer.keep_checkpoints, self.global_step,
+        chief=self.chief, task=strategy_lib.task_name(self.strategy))
+    self.resumed_from = self.keeper.restore_latest() if own_checkpoint else None
+    self.initialized_from = None
+    if init_checkpoint:
+      ckpt_lib.restore_model_weights(self.model, init_checkpoint)
+      self.initialized_from = init_checkpoint
 
     self._train_step = tf.function(self._distributed_step)
+    self._any_worker_stops = tf.function(self._distributed_stop_flag)
     self._stop_requested = False
 
   # --------------------------------------------------------------------------- step
@@ -160,19 +182,22 @@ class Trainer:
     compiled = tf.function(self._forward_backward, jit_compile=self.config.runtime.jit_compile)
     grads, total, terms, outputs = compiled(batch)
     opt = self.config.optimizer
-    if opt.clip_global_norm > 0 or opt.clip_value > 0:
-      # Clip the global gradient, not each replica's part of it: all-reduce here, clip, and
-      # hand the optimizer 1/n of it (its own all-reduce sums the n equal copies back).
-      ctx = tf.distribute.get_replica_context()
-      grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-      scale = None
-      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-        scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        grads = [g / scale for g in grads]
-      grads = opt_lib.clip_gradients(grads, opt.clip_global_norm, opt.clip_value)
-      if scale is not None:
-        grads = [g * scale for g in grads]
-      grads = [g / self.num_replicas for g in grads]
+    clipping = opt.clip_global_norm > 0 or opt.clip_value > 0
+    scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+    if clipping or (scaled and self.num_replicas > 1):
+      # The global gradient, on every replica: clipping bounds it, not each replica's part
+      # of it; and the loss-scale optimizer decides to skip a step (overflow) on the first
+      # replica's gradients only, so every replica must see the same ones. The optimizer
+      # is handed 1/n of it; its own all-reduce sums the n equal copies back.
+      grads = _all_reduce_sum(grads)
+      if clipping:
+        scale = tf.cast(self.optimizer.dynamic_scale, tf.float32) if scaled else None
+        if scale is not None:
+          grads = [None if g is None else g / scale for g in grads]
+        grads = opt_lib.clip_gradients(grads, opt.clip_global_norm, opt.clip_value)
+        if scale is not None:
+          grads = [None if g is None else g * scale for g in grads]
+      grads = [None if g is None else g / self.num_replicas for g in grads]
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
     for term in self.loss_terms:
       if hasattr(term, "update"):
@@ -185,6 +210,19 @@ class Trainer:
     mean = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
     return mean(total), {k: mean(v) for k, v in terms.items()}
 
+  def _distributed_stop_flag(self, flag):
+    """The number of replicas whose worker was asked to stop (SIGTERM)."""
+    per_replica = self.strategy.run(tf.identity, args=(flag,))
+    return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+  def _stop_now(self) -> bool:
+    """Whether to stop after this step: on a SIGTERM to this process or, with several
+    workers, to any of them (all workers must stop at the same step to save together)."""
+    if self.num_workers == 1:
+      return self._stop_requested
+    flag = tf.constant(1 if self._stop_requested else 0, tf.int32)
+    return int(self._any_worker_stops(flag)) > 0
+
   # --------------------------------------------------------------------------- loop
 
   def _request_stop(self, signum, frame):  # pylint: disable=unused-argument
@@ -196,11 +234,19 @@ class Trainer:
                                             seed=self.config.runtime.seed + epoch)
 
   def train(self) -> dict:
-    """Runs the loop to `trainer.epochs`; returns the last logged values."""
+    """Runs the loop to `trainer.epochs`; returns the last logged values.
+
+    Logged every `trainer.log_every_steps` steps (TensorBoard, MODEL_DIR/train, chief only):
+    `loss/total` and `loss/<term>` for every loss term (and `loss/l2`), `learning_rate`
+    (the schedule's rate at that step, the one the next update uses) and `clips_per_second`
+    (since the previous log). Every `trainer.image_summary_every_steps` steps: the first two
+    clips of the step's batch (`input/clip_<i>`, one image per frame) and every model output
+    whose name starts with `attention` (`attention/<name>`, see `attention_images`).
+    """
     config = self.config
     writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train")) \
         if self.chief else tf.summary.create_noop_writer()
-    previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+    previous_handler = _install_sigterm_handler(self._request_stop)
     step = int(self.global_step.numpy())
     bar = ProgressBar(self.total_steps, self.steps_per_epoch, start_step=step,
                       log_every=config.trainer.log_every_steps)
@@ -221,7 +267,8 @@ class Trainer:
           next(iterator)
         while step < (epoch + 1) * self.steps_per_epoch:
           self._maybe_profile(step)
-          total, terms = self._train_step(next(iterator))
+          batch = next(iterator)
+          total, terms = self._train_step(batch)
           step += 1
           window_steps += 1
           values = {"loss": float(total)}
@@ -236,26 +283,30 @@ class Trainer:
             window_start, window_steps = time.time(), 0
           every = config.trainer.image_summary_every_steps
           if every and step % every == 0:
-            self._write_images(writer, step)
+            self._write_images(writer, step, batch)
           if step - last_saved >= config.trainer.checkpoint_every_steps:
             self.keeper.save(step)
             last_saved = step
-          if self._stop_requested:
-            self.keeper.save(step)
+          if self._stop_now():
+            if last_saved != step:
+              self.keeper.save(step)
+              last_saved = step
             logging.warning("Stopped at step %d on request; checkpoint saved. Run the same "
                             "command to resume.", step)
             return last_values
         finished_epoch = epoch + 1
         every = config.trainer.eval_every_epochs
         if every and finished_epoch % every == 0:
-          self.keeper.save(step)
-          last_saved = step
+          if last_saved != step:
+            self.keeper.save(step)
+            last_saved = step
           self._periodic_eval(writer, step)
       if last_saved != step or not self.keeper.latest:
         self.keeper.save(step)
     finally:
       bar.close()
-      signal.signal(signal.SIGTERM, previous_handler)
+      if previous_handler is not None:
+        signal.signal(signal.SIGTERM, previous_handler)
       if self.profile_steps and self._profiling:
         tf.profiler.experimental.stop()
         self._profiling = False
@@ -287,35 +338,38 @@ class Trainer:
         "optimizer.learning_rate, set optimizer.clip_global_norm, or check the data, then "
         "run the same command to resume from it.")
 
-  def _write_scalars(self, writer, step: int, values: dict, clips_per_s: float) -> None:
+  def current_learning_rate(self) -> float:
+    """The schedule's rate at the optimizer's step (the rate of the next update)."""
     lr = self.optimizer.learning_rate
-    lr = float(lr(self.optimizer.iterations) if callable(lr) else lr)
+    if callable(lr):
+      return float(lr(self.optimizer.iterations))
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+  def _write_scalars(self, writer, step: int, values: dict, clips_per_s: float) -> None:
+    lr = self.current_learning_rate()
     with writer.as_default(step=step):
       for name, value in values.items():
-        tf.summary.scalar(f"loss/{name}", value)
+        tf.summary.scalar("loss/total" if name == "loss" else f"loss/{name}", value)
       tf.summary.scalar("learning_rate", lr)
       tf.summary.scalar("clips_per_second", clips_per_s)
 
-  def _write_images(self, writer, step: int) -> None:
-    """Sample input clips and, when the model returns them, attention maps."""
-    iterator = iter(data_pipeline.make_train_dataset(self.config, strategy=None,
-                                                     seed=self.config.runtime.seed))
-    batch = next(iterator)
-    clips = batch["clips"][:2]
-    outputs = self.model(model_inputs({"clips": clips, **{k: v[:2] for k, v in batch.items()
-                                                         if k in ("flow", "keypoints")}}),
-                         training=False)
+  def _write_images(self, writer, step: int, batch: dict) -> None:
+    """The first two clips of this worker's first replica batch and, when the model returns
+    them for those clips, its attention maps (inference mode)."""
+    if not self.chief:
+      return
+    first = lambda v: self.strategy.experimental_local_results(v)[0][:2]
+    sample = {k: first(batch[k]) for k in ("clips", "flow", "keypoints") if k in batch}
+    clips = sample["clips"]
+    outputs = self.model(sample, training=False)
     with writer.as_default(step=step):
       for i in range(int(clips.shape[0])):
-        tf.summary.image(f"input/clip_{i}", clips[i], max_outputs=clips.shape[1])
+        tf.summary.image(f"input/clip_{i}", clips[i], max_outputs=int(clips.shape[1]))
       for key, value in outputs.items():
-        if key.startswith("attention") and len(value.shape) >= 3:
-          maps = tf.cast(value, tf.float32)
-          maps = tf.reshape(maps, [-1] + list(maps.shape[-2:]) + [1])
-          low = tf.reduce_min(maps, axis=[1, 2, 3], keepdims=True)
-          high = tf.reduce_max(maps, axis=[1, 2, 3], keepdims=True)
-          tf.summary.image(f"attention/{key}", (maps - low) / (high - low + 1e-8),
-                           max_outputs=8)
+        if key.startswith("attention"):
+          images = attention_images(value)
+          if images is not None:
+            tf.summary.image(f"attention/{key}", images, max_outputs=8)
 
   def _periodic_eval(self, writer, step: int) -> dict:
     from tfreid.training import evaluation  # pylint: disable=import-outside-toplevel
@@ -328,6 +382,51 @@ class Trainer:
       logging.info("New best mAP %.4f at step %d", summary["mAP"], step)
     logging.info("Step %d: rank-1 %.4f mAP %.4f", step, summary["rank1"], summary["mAP"])
     return metrics
+
+
+def _all_reduce_sum(grads: list) -> list:
+  """Sums the replicas' gradients (None entries stay None); call in replica context."""
+  present = [i for i, g in enumerate(grads) if g is not None]
+  if not present:
+    return list(grads)
+  ctx = tf.distribute.get_replica_context()
+  summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+  out = list(grads)
+  for i, g in zip(present, summed):
+    out[i] = g
+  return out
+
+
+def _install_sigterm_handler(handler):
+  """Installs `handler` for SIGTERM; returns the previous handler, or None when signals
+  cannot be handled here (not the main thread)."""
+  try:
+    return signal.signal(signal.SIGTERM, handler)
+  except ValueError:
+    logging.warning("Training outside the main thread: SIGTERM will not save a checkpoint.")
+    return None
+
+
+def attention_images(value) -> tf.Tensor | None:
+  """Attention maps as images [N, H, W, 1] in [0, 1], each scaled to its own min and max.
+
+  [B, ..., H, W] (or [B, ..., H, W, 1]) gives one image per map (e.g. per frame or per
+  attention part); [B, N] (temporal attention, one weight per frame) gives one image, a row
+  per example. Other shapes give None.
+  """
+  maps = tf.cast(value, tf.float32)
+  rank = len(maps.shape)
+  if rank >= 4 and maps.shape[-1] == 1:
+    maps = maps[..., 0]
+    rank -= 1
+  if rank == 2:
+    maps = maps[tf.newaxis]
+  elif rank < 2:
+    return None
+  maps = tf.reshape(maps, [-1] + list(maps.shape[-2:]) + [1])
+  low = tf.reduce_min(maps, axis=[1, 2, 3], keepdims=True)
+  high = tf.reduce_max(maps, axis=[1, 2, 3], keepdims=True)
+  return (maps - low) / tf.maximum(high - low, 1e-12)
 
 
 def run_training(config: cfg.ExperimentConfig, model_dir: str, strategy=None,
