@@ -92,6 +92,7 @@ def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
   c.trainer.epochs = 60
   c.trainer.checkpoint_every_steps = 100
   c.trainer.log_every_steps = 5
+  c.trainer.image_summary_every_steps = 100
   c.trainer.eval_every_epochs = 0
   return c
 

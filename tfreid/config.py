@@ -316,11 +316,13 @@ class TrainerConfig:
   keep_checkpoints: int = 3
   # Evaluate (and track the best checkpoint by mAP) every N epochs; 0: never while training.
   eval_every_epochs: int = 0
-  # Fine-tune from another run's checkpoint (e.g. a MARS model for iLIDS-VID/PRID-2011);
-  # used only when model_dir has no checkpoint of its own.
+  # Fine-tune from another run's checkpoint (e.g. a MARS model for iLIDS-VID/PRID-2011): a
+  # checkpoint path (DIR/ckpt-N), a run's directory (its newest checkpoint) or DIR/best.
+  # Every variable but the classifier is restored; used only when model_dir has no
+  # checkpoint of its own (resuming wins), and pretrained backbone weights are then skipped.
   init_checkpoint: str = ""
   # Write sample input clips and attention maps to TensorBoard every N steps (0: never).
-  image_summary_every_steps: int = 0
+  image_summary_every_steps: int = 500
 
   def validate(self) -> None:
     _positive("trainer.epochs", self.epochs)
