@@ -30,6 +30,9 @@ quickstart: data
 	$(PY) -m tfreid.train --experiment=$(EXPERIMENT) --data_dir=$(DATA) --model_dir=$(RUN_DIR)
 	$(PY) -m tfreid.evaluate --model_dir=$(RUN_DIR)
 	$(PY) -m tfreid.export --model_dir=$(RUN_DIR) --export_dir=$(RUN_DIR)/export
+	@echo; $(PY) -c "import json, tfreid.evaluate as e; \
+	  print(e.format_summary(json.load(open('$(RUN_DIR)/eval/metrics.json'))))"
+	@echo "SavedModel: $$(ls -d $(RUN_DIR)/export/* | sort -V | tail -n 1) (serve it: README, Export and serving)"
 
 test: install
 	$(PY) -m pytest -n 2 -q tests
