@@ -93,7 +93,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_data, tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, rest = proc.communicate(timeout=120)
   assert proc.returncode == 0, (seen + rest)[-2000:]
-  stopped = re.findall(r"Stopped at step (\d+) on request; checkpoint saved", rest)
+  stopped = re.findall(r"Stopped at step (\d+) on signal 15; checkpoint saved", rest)
   assert len(stopped) == 1, (seen + rest)[-2000:]
   step = int(stopped[0])
   assert step >= 3

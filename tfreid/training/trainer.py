@@ -145,6 +145,7 @@ class Trainer:
     self._train_step = tf.function(self._distributed_step)
     self._any_worker_stops = tf.function(self._distributed_stop_flag)
     self._stop_requested = False
+    self._stop_signal = None
 
   # --------------------------------------------------------------------------- step
 
@@ -226,7 +227,9 @@ class Trainer:
   # --------------------------------------------------------------------------- loop
 
   def _request_stop(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("Signal %d: saving a checkpoint and stopping after this step.", signum)
+    # Only a flag: the signal may arrive while this thread writes to stderr, and logging from
+    # the handler would then fail with a reentrant-write error. The loop logs the stop.
+    self._stop_signal = signum
     self._stop_requested = True
 
   def _train_dataset(self, epoch: int):
@@ -291,8 +294,10 @@ class Trainer:
             if last_saved != step:
               self.keeper.save(step)
               last_saved = step
-            logging.warning("Stopped at step %d on request; checkpoint saved. Run the same "
-                            "command to resume.", step)
+            cause = (f"signal {self._stop_signal}" if self._stop_signal is not None
+                     else "a stop requested by another worker")
+            logging.warning("Stopped at step %d on %s; checkpoint saved. Run the same command "
+                            "to resume.", step, cause)
             return last_values
         finished_epoch = epoch + 1
         every = config.trainer.eval_every_epochs
