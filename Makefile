@@ -22,9 +22,19 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 install: $(STAMP)
 
-data: install
-	$(PY) -m data_pipelines.synthetic --output_dir=$(DATA_RAW) --num_identities=150 --seed=0 --preset=$(PRESET)
+# Rendered once: the stamp is written when rendering finished (a run cut short re-renders,
+# --overwrite replacing only the generator's own entries); the conversion is resumable and
+# its manifest.json is written last.
+RAW_DONE := $(DATA_RAW).complete
+
+$(RAW_DONE): | $(STAMP)
+	$(PY) -m data_pipelines.synthetic --output_dir=$(DATA_RAW) --num_identities=150 --seed=0 --preset=$(PRESET) --overwrite
+	touch $@
+
+$(DATA)/manifest.json: $(RAW_DONE)
 	$(PY) -m data_pipelines.convert --dataset=mars --input_dir=$(DATA_RAW) --output_dir=$(DATA) --keypoints=$(DATA_RAW)/keypoints.jsonl
+
+data: $(DATA)/manifest.json
 
 quickstart: data
 	$(PY) -m tfreid.train --experiment=$(EXPERIMENT) --data_dir=$(DATA) --model_dir=$(RUN_DIR)
