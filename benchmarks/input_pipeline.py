@@ -2,6 +2,9 @@ r"""Training input pipeline throughput against the JPEG-decode ceiling of the sa
 
     python benchmarks/input_pipeline.py [--rounds=5] [--batches=8] [--data_dir=DIR]
 
+Target (issue 5, requirement 9): the training pipeline delivers at least 0.7 of the
+ceiling's clips per second on a 2-core machine, both measured in the same run.
+
 Writes (or reuses, with --data_dir) a converted dataset of 256x128 JPEG tracklets with
 pedestrian-like frames (tests/data_fixtures.py, imported by path: tfreid itself carries no
 test code), then measures, alternating in the same process so machine load affects both
@@ -9,15 +12,20 @@ alike:
 
 - pipeline: `tfreid.data.pipeline.make_train_dataset`, 8-frame 256x128 clips, PK batches
   (P=8, K=4), full augmentation (crop from frames enlarged by 1/8, flip, random erasing
-  with probability 0.5), records read from the shards;
+  with probability 0.5), every record read from the shards (checksums verified) and
+  parsed, frames sampled, decoded and augmented;
 - ceiling: the same JPEG frames held in memory, 8 random frames per clip decoded with
-  `tf.io.decode_jpeg` and stacked, nothing else, batched alike (what the machine can
-  decode; DESIGN.md).
+  `tf.io.decode_jpeg` (the decoder settings the pipeline uses) and stacked, nothing
+  else, batched alike (what the machine can decode; DESIGN.md). It keeps tf.data's
+  defaults (autotuned parallelism): with the pipeline's settings (autotuning off, CPUs + 1
+  parallel calls) it decodes as fast, so the ratio does not come from those settings.
 
-Each round builds a fresh iterator for each (a few warm-up batches are not timed) and
-times `--batches` batches. Reported: clips/s (wall clock) and CPU-seconds per clip
+Before the rounds each runs once untimed (the pipeline's XLA kernels compile on first
+use). Each round builds a fresh iterator for each (a few warm-up batches are not timed)
+and times `--batches` batches. Reported: clips/s (wall clock) and CPU-seconds per clip
 (process time, less sensitive to other processes on the machine) for both, medians over
-rounds, and the ratios. The last line is one JSON object.
+rounds, their ratios (pipeline / ceiling, the figure the target is about) and the
+per-round ratios. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ from tfreid.data import pipeline  # pylint: disable=wrong-import-position
 from tfreid.data import reader  # pylint: disable=wrong-import-position
 
 HEIGHT, WIDTH, SEQ_LEN, P, K = 256, 128, 8, 8, 4
+# Pipeline / ceiling clips per second to reach (issue 5, requirement 9).
+TARGET = 0.7
 
 
 def data_config(data_dir: str) -> cfg.DataConfig:
@@ -109,6 +119,8 @@ def main() -> None:
   results = {"pipeline": [], "ceiling": []}
   makers = {"pipeline": lambda: pipeline.make_train_dataset(config, seed=0),
             "ceiling": lambda: ceiling_dataset(frames)}
+  for name in ("pipeline", "ceiling"):
+    time_batches(makers[name], 2)
   for r in range(args.rounds):
     order = ("pipeline", "ceiling") if r % 2 == 0 else ("ceiling", "pipeline")
     for name in order:
@@ -120,19 +132,19 @@ def main() -> None:
   ratio = rate["pipeline"] / rate["ceiling"]
   cpu_ratio = cpu["ceiling"] / cpu["pipeline"]
   round_ratios = [p[0] / c[0] for p, c in zip(results["pipeline"], results["ceiling"])]
-  print(f"pipeline (read + sample + decode_and_crop + enlarge/flip/erase): "
+  print(f"pipeline (read + sample + decode + enlarge/flip/erase): "
         f"{rate['pipeline']:.1f} clips/s, {cpu['pipeline'] * 1e3:.2f} CPU-ms/clip")
-  print(f"ceiling (decode only):                                         "
+  print(f"ceiling (decode only):                                  "
         f"{rate['ceiling']:.1f} clips/s, {cpu['ceiling'] * 1e3:.2f} CPU-ms/clip")
   print(f"ratio (clips/s): {ratio:.2f}; per-round ratios {np.round(round_ratios, 2).tolist()}; "
-        f"ratio (CPU time): {cpu_ratio:.2f}")
+        f"ratio (CPU time): {cpu_ratio:.2f}; target >= {TARGET}")
   print(json.dumps({
       "pipeline_clips_per_s": round(rate["pipeline"], 1),
       "ceiling_clips_per_s": round(rate["ceiling"], 1),
       "ratio": round(ratio, 3),
       "pipeline_cpu_ms_per_clip": round(cpu["pipeline"] * 1e3, 3),
       "ceiling_cpu_ms_per_clip": round(cpu["ceiling"] * 1e3, 3),
-      "cpu_ratio": round(cpu_ratio, 3),
+      "cpu_ratio": round(cpu_ratio, 3), "target": TARGET,
       "round_ratios": [round(x, 3) for x in round_ratios],
       "clip": [SEQ_LEN, HEIGHT, WIDTH, 3], "batch": P * K, "cpus": os.cpu_count()}))
 

@@ -2,6 +2,7 @@
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -88,28 +89,54 @@ def test_png_clip_matches_reference(size, static):
   assert {r for _, _, r in seen} == {True, False}
 
 
+def encode_jpeg(image, subsampling):
+  """JPEG bytes of an RGB frame with the given chroma subsampling (cv2 flag suffix)."""
+  factor = getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{subsampling}")
+  ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]),
+                          [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                           factor])
+  assert ok
+  return data.tobytes()
+
+
+@pytest.mark.parametrize("subsampling", ["420", "422", "444"])
+def test_jpeg_row_band_decodes_to_the_full_decode_rows(subsampling):
+  # The JPEG path decodes only the rows of a crop window, at full width; this is what makes
+  # its clips equal to the documented definition (a window of the full decoded frame).
+  rng = np.random.default_rng(5)
+  for h, w in [(40, 20), (77, 45), (256, 128)]:
+    image = data_fixtures.make_frame("texture", 0, 0, h, w, rng)
+    frame = encode_jpeg(image, subsampling)
+    full = tf.io.decode_jpeg(frame, channels=3).numpy()
+    for _ in range(12):
+      ch = int(rng.integers(1, h + 1))
+      y0 = int(rng.integers(0, h - ch + 1))
+      band = tf.io.decode_and_crop_jpeg(frame, [y0, 0, ch, w], channels=3).numpy()
+      np.testing.assert_array_equal(band, full[y0:y0 + ch], err_msg=f"{h}x{w} y0={y0}")
+
+
 def test_jpeg_clip_matches_reference_and_mixed_sizes_take_the_plain_path():
   sizes = [(40, 20)] * T
-  images, frames = frames_of(sizes, "jpeg")
+  _, frames = frames_of(sizes, "jpeg")
+  full = [tf.io.decode_jpeg(f, channels=3).numpy() for f in frames]
   spec = augment.ClipSpec(H, W, T, **ALL_ON, static_size=(40, 20))
-  for seed in range(4):
+  seen = set()
+  for seed in range(8):
     params = augment.draw_params(tf.constant([seed, 2], tf.int64), spec)
     p = np_params(params)
-    window = np_window(40, 20, p, 0.125)
-    crops = [tf.io.decode_and_crop_jpeg(f, window, channels=3).numpy() for f in frames]
-    rows, cols = np_maps((0, 0) + window[2:], p)
-    expected = np.stack([np_resample(c, rows, cols, augment.ERASE_FILL, p["erase_box"])
-                         for c in crops])
-    clip, _ = augment.rgb_clip(frames, False, params, spec)
-    np.testing.assert_array_equal(clip.numpy(), expected)
-    # Close to the resampled full decode too (JPEG cropped decoding differs at edges only).
-    full = [tf.io.decode_jpeg(f, channels=3).numpy() for f in frames]
-    assert np.abs(clip.numpy().astype(int) - reference_clip(full, p, 0.125)).mean() < 2
+    seen.add(bool(p["enlarge"]))
+    clip, windows = augment.rgb_clip(frames, False, params, spec)
+    # Exactly the resampled window of the fully decoded frames (only its rows are decoded).
+    np.testing.assert_array_equal(clip.numpy(), reference_clip(full, p, 0.125),
+                                  err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(windows.numpy(), [np_window(40, 20, p, 0.125)] * T)
+  assert seen == {True, False}
   # Frames of different sizes in one clip (DukeMTMC-VideoReID): per-frame windows; a
   # dataset mixing JPEG and PNG tracklets picks the decoder per tracklet.
   mixed = [(40, 20), (36, 24), (40, 20), (48, 16)]
   images, png_frames = frames_of(mixed, "png")
   _, jpeg_frames = frames_of(mixed, "jpeg")
+  decoded = [tf.io.decode_jpeg(f, channels=3).numpy() for f in jpeg_frames]
   spec = augment.ClipSpec(H, W, T, **ALL_ON, static_size=(40, 20), formats=("jpeg", "png"))
   for seed in range(4):
     params = augment.draw_params(tf.constant([seed, 3], tf.int64), spec)
@@ -118,12 +145,63 @@ def test_jpeg_clip_matches_reference_and_mixed_sizes_take_the_plain_path():
     np.testing.assert_array_equal(clip.numpy(), reference_clip(images, p, 0.125))
     assert [tuple(w) for w in windows.numpy()] == [np_window(h, w, p, 0.125) for h, w in mixed]
     clip, _ = augment.rgb_clip(jpeg_frames, tf.constant(False), params, spec)
-    expected = []
-    for f, window in zip(jpeg_frames, windows.numpy()):
-      rows, cols = np_maps((0, 0) + tuple(window[2:]), p)
-      crop = tf.io.decode_and_crop_jpeg(f, window, channels=3).numpy()
-      expected.append(np_resample(crop, rows, cols, augment.ERASE_FILL, p["erase_box"]))
-    np.testing.assert_array_equal(clip.numpy(), np.stack(expected))
+    np.testing.assert_array_equal(clip.numpy(), reference_clip(decoded, p, 0.125))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_every_kernel_of_the_static_path_matches_reference(fmt):
+  # Frames already (H, W): the plan picks no work, a flip, erasing, both, or the gathers
+  # (with erasing); each must give the documented clip.
+  _, frames = frames_of([(H, W)] * T, fmt)
+  full = [tf.io.decode_image(f, channels=3).numpy() for f in frames]
+  spec = augment.ClipSpec(H, W, T, crop_enlarge=0.125, flip=True, random_erasing=0.5,
+                          static_size=(H, W), formats=(fmt,))
+  kernels = set()
+  for seed in range(40):
+    params = augment.draw_params(tf.constant([seed, 11], tf.int64), spec)
+    p = np_params(params)
+    kernel = int(augment.plan_clips(params, spec).kernel)
+    kernels.add(kernel)
+    identity = not p["enlarge"] and not p["flip"] and not p["erase_box"].any()
+    assert (kernel == augment.KERNEL_NONE) == identity
+    clip, _ = augment.rgb_clip(frames, fmt == "png", params, spec)
+    np.testing.assert_array_equal(clip.numpy(), reference_clip(full, p, 0.125),
+                                  err_msg=f"seed {seed}, kernel {kernel}")
+  assert kernels == set(range(augment.NUM_KERNELS))
+
+
+def test_clips_drawn_together_equal_clips_drawn_one_by_one():
+  # The training pipeline draws the parameters and plans of a whole epoch at once.
+  spec = augment.ClipSpec(H, W, T, **ALL_ON, color_jitter=0.3, static_size=(40, 20))
+  u = tf.random.stateless_uniform([6, augment.NUM_DRAWS], [3, 4])
+  batched = augment.params_from_uniform(u, spec)
+  plans = augment.plan_clips(batched, spec).as_dict()
+  for n in range(6):
+    one = augment.params_from_uniform(u[n], spec)
+    for key, value in one.items():
+      np.testing.assert_array_equal(batched[key][n].numpy(), value.numpy(), err_msg=key)
+    for key, value in augment.plan_clips(one, spec).as_dict().items():
+      np.testing.assert_array_equal(plans[key][n].numpy(), value.numpy(), err_msg=key)
+  seed = tf.constant([8, 9], tf.int64)
+  drawn = augment.draw_params(seed, spec)
+  expected = augment.params_from_uniform(
+      tf.random.stateless_uniform([augment.NUM_DRAWS], seed), spec)
+  for key in drawn:
+    np.testing.assert_array_equal(drawn[key].numpy(), expected[key].numpy())
+
+
+def test_pixel_masks():
+  spec = augment.ClipSpec(6, 4, 1)
+  rows = tf.constant([-1, 0, 1, 2, 3, -1])
+  cols = tf.constant([1, 2, 3, -1])
+  row_masks, col_masks = augment.pixel_masks(tf.constant([2, 4, 1, 3]), spec, rows, cols)
+  np.testing.assert_array_equal(row_masks.numpy() // 255, [[0, 1, 1, 1, 1, 0],
+                                                            [0, 0, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(col_masks.numpy() // 255, [[1] * 9 + [0] * 3,
+                                                            [0] * 3 + [1] * 6 + [0] * 3])
+  row_masks, col_masks = augment.pixel_masks(tf.zeros([4], tf.int32), spec)
+  assert (row_masks[0].numpy() == 255).all() and not row_masks[1].numpy().any()
+  assert (col_masks[0].numpy() == 255).all() and not col_masks[1].numpy().any()
 
 
 def test_one_draw_per_clip():

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import data_fixtures
 from tfreid import config as cfg
+from tfreid.data import augment
 from tfreid.data import pipeline
 from tfreid.data import reader
 from tfreid.data import schema
@@ -86,6 +87,31 @@ def test_same_seed_same_batches(codes):
   # K = 4 > 3 tracklets per identity: drawn with replacement, still K clips per identity.
   for batch in a:
     assert sorted(collections.Counter(batch["pids"].tolist()).values()) == [4, 4]
+
+
+def test_training_augmentation_is_one_draw_per_clip(codes):
+  # Frames are flat colours, so the crop and flip keep each frame's colour; the erased
+  # rectangle (always on here) shows which draw a clip got: the same on all its frames,
+  # and different between clips.
+  config = data_config(codes, num_instances=3, sample_stride=1)
+  config.augmentation = cfg.AugmentationConfig(crop_enlarge=0.125, flip=True,
+                                               random_erasing=1.0)
+  config.height, config.width = 32, 16
+  fill = np.array(augment.ERASE_FILL)
+  boxes = []
+  for batch in take(pipeline.make_train_dataset(config, seed=4), 2):
+    for clip in batch["clips"]:
+      erased = (clip == fill).all(-1)  # [T, 32, 16]
+      assert erased.any()
+      for t in range(T):
+        np.testing.assert_array_equal(erased[t], erased[0])
+        colours = clip[t][~erased[t]]
+        assert (colours == colours[0]).all()  # the frame's own flat colour elsewhere
+      rows, cols = np.nonzero(erased[0])
+      box = (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)
+      assert erased[0].sum() == (box[1] - box[0]) * (box[3] - box[2])  # a rectangle
+      boxes.append(box)
+  assert len(set(boxes)) > len(boxes) // 2
 
 
 def test_two_replicas_get_whole_identities(codes):

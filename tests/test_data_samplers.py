@@ -131,6 +131,28 @@ def test_chunk_first_is_first_frame_of_each_chunk():
   assert samplers.num_test_clips("chunk_first", np.array([3, 50]), 6).tolist() == [1, 1]
 
 
+@pytest.mark.parametrize("sampler", ["consecutive", "restricted_random", "random", "evenly"])
+def test_clips_sampled_together_follow_the_formula_row_by_row(sampler):
+  # The training pipeline samples the clips of a whole epoch at once from one seed.
+  n = np.array(LENGTHS)
+  seed = tf.constant([4, 2], tf.int64)
+  got = samplers.sample_train_clips(sampler, n, 6, 2, seed).numpy()
+  u = samplers.train_draws(sampler, n, 6, seed).numpy()
+  assert got.shape == (len(n), 6) and u.shape[0] == len(n)
+  for r, length in enumerate(n):
+    if sampler == "consecutive":
+      expected = np_consecutive(length, 6, 2, u[r])
+    elif sampler == "restricted_random":
+      expected = np_restricted(length, 6, u[r])
+    elif sampler == "random":
+      expected = np_random(length, 6, u[r])
+    else:
+      expected = np_evenly(length, 6)
+    np.testing.assert_array_equal(got[r], expected, err_msg=f"n={length}")
+  if sampler == "random":
+    assert u.shape[1] == max(n.max(), 6)
+
+
 def test_samplers_trace_inside_tf_data():
   ds = tf.data.Dataset.from_tensor_slices(tf.constant([3, 30], tf.int64)).map(
       lambda n: samplers.sample_train_clip("restricted_random", n, 4, 1,

@@ -1,10 +1,10 @@
 """Clip-consistent decoding and augmentation: one random draw per clip, every frame alike.
 
-All pixel work stays uint8 and is at most one gather per clip (DESIGN.md: float conversion,
-normalisation and per-pixel float work belong in the model). A clip's geometry is two
+All pixel work stays uint8 and is at most two passes per clip (DESIGN.md: float
+conversion, normalisation and per-pixel float work belong in the model). A clip's geometry is two
 integer maps, `rows[i]` and `cols[j]`: output pixel (i, j) of every frame is the source
-pixel (rows[i], cols[j]), or zero where a map is -1 (translated in from outside the frame).
-They combine, in this order:
+pixel (rows[i], cols[j]) of the decoded frame, or zero where a map is -1 (translated in
+from outside the frame). They combine, in this order:
 
 1. Crop from an enlarged frame (nonlocal_i3d section 4.2: frames enlarged by 1/8, then a
    height x width window cropped at random). Enlarging a frame of size (h, w) by
@@ -13,7 +13,6 @@ They combine, in this order:
    resampled to (H, W). As in the reference implementations (Random2DTranslation of
    torchreid / Video-Person-ReID, "randomly enlarged") it is applied with probability 1/2;
    otherwise the window is the whole frame (a plain resize to (H, W)).
-   For JPEG frames only the window is decoded (`tf.io.decode_and_crop_jpeg`).
 2. Resampling, nearest neighbour with pixel centres at half-integers: output row i of the
    window reads window row `floor((i + 1/2) * ch / H)` (same for columns). No
    interpolation arithmetic on the host; this is the same rule at training and at test
@@ -32,6 +31,19 @@ They combine, in this order:
    mean grey, saturation around each pixel's grey, grey = 0.299 R + 0.587 G + 0.114 B),
    rounded back to uint8. This is the only float pass and runs only when s > 0.
 
+The source pixels are those of the whole decoded frame. For a JPEG frame and a crop window
+only the window's rows are decoded, at full width (`tf.io.decode_and_crop_jpeg` of the
+band `[y0, 0, ch, w]`); libjpeg-turbo decodes such a band to exactly the rows of the full
+decode (tests/test_data_augment.py checks it), whereas decoding the window itself would
+change its edge pixels (chroma upsampling at the window's border) and, when x0 is not a
+multiple of the 16-pixel MCU, costs more than a full decode.
+
+Draws (`params_from_uniform`): a clip's parameters are a function of `NUM_DRAWS` uniform
+numbers u in [0, 1): u[0] < 1/2 enlarges, u[1:3] place the window, u[3:5] translate,
+u[5] < 1/2 flips, u[6] < random_erasing erases with the ERASE_ATTEMPTS (area, aspect, y, x)
+draws u[7:47], u[47:50] are the jitter factors. `draw_params(seed)` draws them for one clip
+from a stateless seed; the training pipeline draws those of every clip of an epoch at once.
+
 Streams that follow the geometry:
 - flow (float32 [T, H, W, 2], pixels): dequantised `(q - 128) / flow_scale`, resampled
   with the same maps; dx is multiplied by W / cw and dy by H / ch (a flow vector in source
@@ -43,14 +55,18 @@ Streams that follow the geometry:
   frames without keypoints (keypoints_present = 0) stay all zeros. Coordinates are not
   clipped to the frame.
 
-Speed: when all frames of a clip have the dataset's usual frame size (the window then has a
-static shape) the pixel work is one XLA-compiled function per clip, specialised to what
-the clip needs: nothing (no flip, crop, translation or erasing and the frame already
-(H, W)), a reverse (flip only), or the gathers with erasing and the translation zeros
-written as one masked pass; XLA compiles one version per frame size. Otherwise (e.g.
+Speed (benchmarks/input_pipeline.py measures the training pipeline against the JPEG-decode
+ceiling): when all frames of a clip have the dataset's usual frame size (`static_size`),
+the clip's `ClipPlan` (window, maps, byte masks and kernel) can be computed ahead, for a
+whole epoch at once, and the pixel work is what the plan names (`KERNEL_*`), each an
+XLA-compiled function: nothing (the maps are the identity), a reverse (flip), a masked
+pass (erasing), both, or the gathers of the maps, followed by the masked pass when pixels
+are translated in or erased. The masked pass is `(byte & keep) | put` over rows of W * 3
+bytes, with keep and put built from [H] and [W * 3] byte masks computed outside XLA, which
+XLA vectorises (a mask computed inside the kernel from the box would be evaluated for every
+byte, and slicing by the box would compile a kernel per box). Otherwise (e.g.
 DukeMTMC-VideoReID, whose frame sizes vary) each frame goes through the same computation in
-plain TensorFlow ops (tf.map_fn), slower but equal. benchmarks/input_pipeline.py measures
-the training pipeline against the JPEG-decode ceiling.
+plain TensorFlow ops (tf.map_fn), slower but equal.
 """
 
 from __future__ import annotations
@@ -71,6 +87,19 @@ ERASE_ATTEMPTS = 10
 # Probability of the crop from an enlarged frame (Random2DTranslation's p).
 ENLARGE_PROBABILITY = 0.5
 GREY = (0.299, 0.587, 0.114)
+# Uniform draws per clip (module docstring, "Draws").
+NUM_DRAWS = 7 + 4 * ERASE_ATTEMPTS + 3
+_JITTER_DRAWS = 7 + 4 * ERASE_ATTEMPTS
+
+# Pixel kernels a ClipPlan chooses between (static path); each is its own XLA function
+# (XLA conditionals would copy the clip).
+KERNEL_NONE = 0        # maps are the identity: the decoded frames are the clip
+KERNEL_FLIP = 1        # frame already (H, W), no translation: a reverse
+KERNEL_ERASE = 2       # ... erasing only
+KERNEL_FLIP_ERASE = 3  # ... both
+KERNEL_RESAMPLE = 4    # the gathers of the maps
+KERNEL_MASKED = 5      # the gathers, then translation zeros and/or erasing
+NUM_KERNELS = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,65 +138,96 @@ class ClipSpec:
     return cls(height=data_config.height, width=data_config.width,
                seq_len=data_config.seq_len, **random, **kwargs)
 
+  @property
+  def random(self) -> bool:
+    """Whether any augmentation is on (otherwise every clip gets identity_params)."""
+    return (self.crop_enlarge > 0 or self.translate > 0 or self.flip
+            or self.random_erasing > 0 or self.color_jitter > 0)
+
 
 # -------------------------------------------------------------------------- draws
 
 
-def draw_params(seed, spec: ClipSpec) -> dict[str, tf.Tensor]:
-  """One clip's random augmentation parameters from a stateless seed ([2] int).
+def identity_params(shape=()) -> dict[str, tf.Tensor]:
+  """Parameters of no augmentation (test clips: only the resize to (H, W)).
 
-  Returns a dict: `enlarge` bool, `crop_u` float [2] (y, x fractions of the free range),
-  `shift` int32 [2] (ty, tx), `flip` bool, `erase_box` int32 [4] (y0, y1, x0, x1; empty
-  when not erasing), `jitter` float [3] (brightness, contrast, saturation factors).
+  `shape`: leading shape of every entry (e.g. [N] for N clips); scalars by default.
   """
-  seed = tf.cast(seed, tf.int64)
-  params = identity_params()
-  if not (spec.crop_enlarge > 0 or spec.translate > 0 or spec.flip or spec.random_erasing > 0
-          or spec.color_jitter > 0):
-    return params
-  u = tf.random.stateless_uniform([7], seed)
+  shape = tf.cast(shape, tf.int32) if tf.is_tensor(shape) else tf.constant(shape, tf.int32,
+                                                                            [len(shape)])
+
+  def full(value, dtype, *tail):
+    return tf.fill(tf.concat([shape, tf.constant(tail, tf.int32, [len(tail)])], 0),
+                   tf.constant(value, dtype))
+
+  return {"enlarge": full(False, tf.bool), "crop_u": full(0.0, tf.float32, 2),
+          "shift": full(0, tf.int32, 2), "flip": full(False, tf.bool),
+          "erase_box": full(0, tf.int32, 4), "jitter": full(1.0, tf.float32, 3)}
+
+
+def params_from_uniform(u, spec: ClipSpec) -> dict[str, tf.Tensor]:
+  """Augmentation parameters from draws `u` ([..., NUM_DRAWS] in [0, 1)), one set per row.
+
+  Returns a dict (leading shape `u.shape[:-1]`): `enlarge` bool, `crop_u` float [.., 2]
+  (y, x fractions of the free range), `shift` int32 [.., 2] (ty, tx), `flip` bool,
+  `erase_box` int32 [.., 4] (y0, y1, x0, x1; empty when not erasing), `jitter` float
+  [.., 3] (brightness, contrast, saturation factors). Disabled augmentations keep their
+  identity values (module docstring, "Draws").
+  """
+  u = tf.convert_to_tensor(u, tf.float32)
+  params = identity_params(tf.shape(u)[:-1])
   height, width = spec.height, spec.width
   if spec.crop_enlarge > 0:
-    params["enlarge"] = u[0] < ENLARGE_PROBABILITY
-    params["crop_u"] = u[1:3]
+    params["enlarge"] = u[..., 0] < ENLARGE_PROBABILITY
+    params["crop_u"] = u[..., 1:3]
   if spec.translate > 0:
     limits = tf.constant([spec.translate * height, spec.translate * width], tf.float32)
-    params["shift"] = tf.cast(tf.round((2.0 * u[3:5] - 1.0) * limits), tf.int32)
+    params["shift"] = tf.cast(tf.round((2.0 * u[..., 3:5] - 1.0) * limits), tf.int32)
   if spec.flip:
-    params["flip"] = u[5] < 0.5
+    params["flip"] = u[..., 5] < 0.5
   if spec.random_erasing > 0:
-    params["erase_box"] = _erase_box(u[6] < spec.random_erasing,
-                                     tf.random.experimental.stateless_fold_in(seed, 1), spec)
+    params["erase_box"] = _erase_box(u[..., 6] < spec.random_erasing, u[..., 7:_JITTER_DRAWS],
+                                     spec)
   if spec.color_jitter > 0:
-    j = tf.random.stateless_uniform([3], tf.random.experimental.stateless_fold_in(seed, 2))
+    j = u[..., _JITTER_DRAWS:NUM_DRAWS]
     params["jitter"] = tf.maximum(1.0 + spec.color_jitter * (2.0 * j - 1.0), 0.0)
   return params
 
 
-def _erase_box(erase, seed, spec: ClipSpec) -> tf.Tensor:
-  """(y0, y1, x0, x1) of the erased rectangle, or zeros (module docstring, item 5)."""
+def draw_params(seed, spec: ClipSpec) -> dict[str, tf.Tensor]:
+  """One clip's random augmentation parameters from a stateless seed ([2] int)."""
+  if not spec.random:
+    return identity_params()
+  u = tf.random.stateless_uniform([NUM_DRAWS], tf.cast(seed, tf.int64))
+  return params_from_uniform(u, spec)
+
+
+def _erase_box(erase, a, spec: ClipSpec) -> tf.Tensor:
+  """(y0, y1, x0, x1) of the erased rectangle, or zeros (module docstring, item 5).
+
+  `erase` bool [...]; `a` [..., 4 * ERASE_ATTEMPTS] draws, (area, aspect, y, x) per attempt.
+  """
   height, width = spec.height, spec.width
-  a = tf.random.stateless_uniform([ERASE_ATTEMPTS, 4], seed)
-  area = (ERASE_AREA[0] + a[:, 0] * (ERASE_AREA[1] - ERASE_AREA[0])) * height * width
-  aspect = ERASE_ASPECT + a[:, 1] * (1.0 / ERASE_ASPECT - ERASE_ASPECT)
+  a = tf.reshape(a, tf.concat([tf.shape(a)[:-1], [ERASE_ATTEMPTS, 4]], 0))
+  area = (ERASE_AREA[0] + a[..., 0] * (ERASE_AREA[1] - ERASE_AREA[0])) * height * width
+  aspect = ERASE_ASPECT + a[..., 1] * (1.0 / ERASE_ASPECT - ERASE_ASPECT)
   eh = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
   ew = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
   fits = (eh < height) & (ew < width) & (eh > 0) & (ew > 0)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-  eh, ew = eh[first], ew[first]
-  ey0 = tf.cast(tf.floor(a[first, 2] * tf.cast(height - eh + 1, tf.float32)), tf.int32)
-  ex0 = tf.cast(tf.floor(a[first, 3] * tf.cast(width - ew + 1, tf.float32)), tf.int32)
+  first = tf.one_hot(tf.argmax(tf.cast(fits, tf.int32), axis=-1, output_type=tf.int32),
+                     ERASE_ATTEMPTS, on_value=True, off_value=False, dtype=tf.bool)
+
+  def pick(x):
+    return tf.reduce_sum(tf.where(first, x, tf.zeros_like(x)), -1)
+
+  eh, ew, ay, ax = pick(eh), pick(ew), pick(a[..., 2]), pick(a[..., 3])
+  ey0 = tf.cast(tf.floor(ay * tf.cast(height - eh + 1, tf.float32)), tf.int32)
+  ex0 = tf.cast(tf.floor(ax * tf.cast(width - ew + 1, tf.float32)), tf.int32)
   ey0 = tf.minimum(ey0, height - eh)
   ex0 = tf.minimum(ex0, width - ew)
-  box = tf.stack([ey0, ey0 + eh, ex0, ex0 + ew])
-  return tf.where(erase & tf.reduce_any(fits), box, tf.zeros([4], tf.int32))
-
-
-def identity_params() -> dict[str, tf.Tensor]:
-  """Parameters of no augmentation (test clips: only the resize to (H, W))."""
-  return {"enlarge": tf.constant(False), "crop_u": tf.zeros([2]),
-          "shift": tf.zeros([2], tf.int32), "flip": tf.constant(False),
-          "erase_box": tf.zeros([4], tf.int32), "jitter": tf.ones([3])}
+  box = tf.stack([ey0, ey0 + eh, ex0, ex0 + ew], -1)
+  keep = erase & tf.reduce_any(fits, -1)
+  return tf.where(keep[..., None], box, tf.zeros_like(box))
 
 
 # ----------------------------------------------------------------------- geometry
@@ -182,68 +242,157 @@ def _window_extent(size, crop_enlarge: float):
 
 
 def crop_windows(sizes, params, spec: ClipSpec) -> tf.Tensor:
-  """[T, 4] int32 windows (y0, x0, ch, cw) of frames of sizes `sizes` ([T, 2])."""
+  """int32 windows (y0, x0, ch, cw) [..., 4] of frames of sizes `sizes` ([..., 2]).
+
+  The leading shapes of `sizes` and of the parameters broadcast: [T, 2] sizes with one
+  clip's parameters give the [T, 4] windows of its frames; one size [2] with the
+  parameters of N clips gives their [N, 4] windows.
+  """
   sizes = tf.cast(sizes, tf.int32)
+  full = tf.concat([tf.zeros_like(sizes), sizes], -1)
   if spec.crop_enlarge <= 0:
-    return tf.concat([tf.zeros_like(sizes), sizes], 1)
+    return full + tf.zeros_like(params["shift"][..., :1])
   extent = _window_extent(sizes, spec.crop_enlarge)
   free = sizes - extent + 1
-  offset = tf.cast(tf.floor(params["crop_u"][None, :] * tf.cast(free, tf.float32)), tf.int32)
+  offset = tf.cast(tf.floor(params["crop_u"] * tf.cast(free, tf.float32)), tf.int32)
   offset = tf.minimum(offset, free - 1)
-  enlarged = tf.concat([offset, extent], 1)
-  full = tf.concat([tf.zeros_like(sizes), sizes], 1)
-  return tf.where(params["enlarge"], enlarged, full)
+  enlarged = tf.concat([offset, extent + tf.zeros_like(offset)], -1)
+  return tf.where(params["enlarge"][..., None], enlarged, full)
 
 
-def sample_maps(window, params, spec: ClipSpec, relative: bool) -> tuple[tf.Tensor, tf.Tensor]:
-  """(rows [H], cols [W]) int32 source indices of one window (-1: outside, filled with 0).
+def sample_maps(window, params, spec: ClipSpec, relative: bool = False
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+  """(rows [..., H], cols [..., W]) int32 source indices of windows [..., 4] (-1: outside).
 
-  `relative`: indices into the decoded window (JPEG crops) instead of the whole frame.
+  `relative`: indices into the window itself instead of the whole frame.
   """
   window = tf.cast(window, tf.int32)
-  y0, x0, ch, cw = window[0], window[1], window[2], window[3]
+  y0, x0, ch, cw = (window[..., k:k + 1] for k in range(4))
   if relative:
-    y0, x0 = 0, 0
+    y0, x0 = tf.zeros_like(y0), tf.zeros_like(x0)
   height, width = spec.height, spec.width
-  i = tf.range(height, dtype=tf.int32) - params["shift"][0]
+  shift = params["shift"]
+  i = tf.range(height, dtype=tf.int32) - shift[..., 0:1]
   rows = tf.where((i >= 0) & (i < height), y0 + ((2 * i + 1) * ch) // (2 * height), -1)
   j = tf.range(width, dtype=tf.int32)
-  j = tf.where(params["flip"], width - 1 - j, j) - params["shift"][1]
+  j = tf.where(params["flip"][..., None], width - 1 - j, j) - shift[..., 1:2]
   cols = tf.where((j >= 0) & (j < width), x0 + ((2 * j + 1) * cw) // (2 * width), -1)
   return rows, cols
 
 
-def _erase_mask(box, height: int, width: int) -> tf.Tensor:
-  """[H, W] bool: inside the erase box (y0, y1, x0, x1)."""
-  i = tf.range(height)[:, None]
-  j = tf.range(width)[None, :]
-  return (i >= box[0]) & (i < box[1]) & (j >= box[2]) & (j < box[3])
+def _pixel_box(params, spec: ClipSpec) -> tf.Tensor:
+  """The erase box applied by the geometric kernels (the jitter kernel erases instead when
+  it is on, so that the fill is not jittered)."""
+  if spec.color_jitter > 0:
+    return tf.zeros_like(params["erase_box"])
+  return params["erase_box"]
 
 
-def _blend(images, replace, value):
-  """`value` ([C]) where `replace` ([H, W] bool), else `images` ([T, H, W, C], static).
+def pixel_masks(box, spec: ClipSpec, rows=None, cols=None) -> tuple[tf.Tensor, tf.Tensor]:
+  """Byte masks of the masked kernels, (row_masks [.., 2, H], col_masks [.., 2, W * 3]).
 
-  Written as arithmetic on flattened frames (the mask broadcast over T only), which XLA
-  turns into one vectorised pass; a select on a [1, H, W, 1] mask costs about twice that.
+  Entry 0 is 255 on the rows / bytes of the columns whose map is >= 0 (all of them when
+  `rows` / `cols` are None), entry 1 is 255 on those of the erase box (y0, y1, x0, x1);
+  0 elsewhere. Plain TensorFlow on H + 3W values per clip: passed to the XLA kernels as
+  inputs (computed inside them, the masks would be re-evaluated for every byte of the
+  clip, and slices by the box would make XLA compile one kernel per box).
   """
-  t, h, w, c = images.shape
-  m = tf.cast(tf.reshape(tf.broadcast_to(replace[:, :, None], [h, w, c]), [1, h * w * c]),
-              images.dtype)
-  v = tf.reshape(tf.broadcast_to(tf.cast(value, images.dtype), [h, w, c]), [1, h * w * c])
-  flat = tf.reshape(images, [t, h * w * c])
-  return tf.reshape(flat * (1 - m) + v * m, [t, h, w, c])
+  height, width = spec.height, spec.width
+  box = tf.cast(box, tf.int32)
+  full, zero = tf.constant(255, tf.uint8), tf.constant(0, tf.uint8)
+  i = tf.range(height)
+  k = tf.range(width * 3)
+  erase_rows = tf.where((i >= box[..., 0:1]) & (i < box[..., 1:2]), full, zero)
+  erase_cols = tf.where((k >= 3 * box[..., 2:3]) & (k < 3 * box[..., 3:4]), full, zero)
+  valid_rows = tf.fill(tf.shape(erase_rows), full) if rows is None else \
+      tf.where(rows >= 0, full, zero)
+  valid_cols = tf.fill(tf.shape(erase_cols), full) if cols is None else \
+      tf.where(tf.repeat(cols >= 0, 3, axis=-1), full, zero)
+  return tf.stack([valid_rows, erase_rows], -2), tf.stack([valid_cols, erase_cols], -2)
+
+
+@dataclasses.dataclass
+class ClipPlan:
+  """What the static path does with a clip whose frames all have `spec.static_size`.
+
+  Attributes (leading shape [] for one clip, [N] for N clips):
+    window: int32 [.., 4] crop window (y0, x0, ch, cw) in the frame.
+    rows, cols: int32 [.., H], [.., W] maps into the whole frame (-1: outside).
+    kernel: int32, one of the KERNEL_* numbers.
+    row_masks, col_masks: uint8 [.., 2, H], [.., 2, W * 3] (`pixel_masks`).
+  """
+  window: tf.Tensor
+  rows: tf.Tensor
+  cols: tf.Tensor
+  kernel: tf.Tensor
+  row_masks: tf.Tensor
+  col_masks: tf.Tensor
+
+  def as_dict(self) -> dict[str, tf.Tensor]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_dict(cls, d) -> "ClipPlan":
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
+def plan_clips(params, spec: ClipSpec) -> ClipPlan:
+  """The `ClipPlan` of clips (any leading shape) with frames of size `spec.static_size`."""
+  h0, w0 = spec.static_size
+  window = crop_windows(tf.constant([h0, w0], tf.int32), params, spec)
+  rows, cols = sample_maps(window, params, spec)
+  shifted = tf.reduce_any(params["shift"] != 0, -1)
+  whole = tf.reduce_all(window == tf.constant([0, 0, h0, w0], tf.int32), -1)
+  box = _pixel_box(params, spec)
+  erased = box[..., 1] > box[..., 0]
+  resample = tf.where(erased | shifted, KERNEL_MASKED, KERNEL_RESAMPLE)
+  if (h0, w0) == (spec.height, spec.width):
+    same = tf.where(params["flip"], KERNEL_FLIP, KERNEL_NONE) + tf.where(erased, 2, 0)
+    kernel = tf.where(whole & ~shifted, same, resample)
+  else:
+    kernel = resample
+  row_masks, col_masks = pixel_masks(box, spec, rows, cols)
+  return ClipPlan(window=window, rows=rows, cols=cols, kernel=tf.cast(kernel, tf.int32),
+                  row_masks=row_masks, col_masks=col_masks)
 
 
 # ------------------------------------------------------------------------- kernels
 
 
-def _gather_pixels(images, rows, cols, erase_box, fill):
-  """uint8 [T, h, w, C] -> [T, H, W, C] by the maps; 0 outside, `fill` in the box."""
-  height, width = rows.shape[0], cols.shape[0]
-  out = tf.gather(tf.gather(images, tf.maximum(rows, 0), axis=1), tf.maximum(cols, 0), axis=2)
-  outside = (rows < 0)[:, None] | (cols < 0)[None, :]
-  out = _blend(out, outside, tf.zeros([out.shape[-1]], images.dtype))
-  return _blend(out, _erase_mask(erase_box, height, width), fill)
+def _masked(flat, row_masks, col_masks):
+  """uint8 [T, H, W * C] (frames as rows of bytes): 0 where a map is outside the frame,
+  ERASE_FILL in the erase box (`pixel_masks`). One pass of byte and/or,
+  (byte & keep) | put; with the bytes of a row innermost XLA vectorises it."""
+  row_bytes = flat.shape[2]
+  valid = tf.bitwise.bitwise_and(row_masks[0][:, None], col_masks[0][None, :])
+  erased = tf.bitwise.bitwise_and(row_masks[1][:, None], col_masks[1][None, :])
+  keep = tf.bitwise.bitwise_and(valid, tf.bitwise.invert(erased))
+  fill = tf.constant([ERASE_FILL[c % 3] for c in range(row_bytes)], tf.uint8)
+  put = tf.bitwise.bitwise_and(erased, fill[None, :])
+  return tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(flat, keep[None]), put[None])
+
+
+def _flip(images):
+  """uint8 [T, H, W, C] mirrored left to right (output column j is column W - 1 - j)."""
+  return tf.reverse(images, [2])
+
+
+def _resample(images, rows, cols, row_origin):
+  """uint8 [T, h, w, C] -> [T, H, W, C]: the gathers of the maps (rows counted from
+  `row_origin`, the first decoded row; no map may be -1)."""
+  return tf.gather(tf.gather(images, rows - row_origin, axis=1), cols, axis=2)
+
+
+def _clamped_maps(rows, cols, row_origin):
+  """The maps with -1 (outside) replaced by a valid index (`_masked` zeroes those)."""
+  return tf.where(rows >= 0, rows, row_origin), tf.maximum(cols, 0)
+
+
+def _apply_masks(images, row_masks, col_masks, kernel):
+  """`kernel` (`_masked` or its XLA version) on uint8 [T, H, W, C] clips."""
+  t, h, w, c = images.shape
+  flat = kernel(tf.reshape(images, [t, h, w * c]), row_masks, col_masks)
+  return tf.reshape(flat, [t, h, w, c])
 
 
 def _gather_flow(quantised, rows, cols, erase_box, gain, scale):
@@ -252,11 +401,14 @@ def _gather_flow(quantised, rows, cols, erase_box, gain, scale):
   flow = (tf.cast(quantised[..., :2], tf.float32) - 128.0) / scale
   out = tf.gather(tf.gather(flow, tf.maximum(rows, 0), axis=1), tf.maximum(cols, 0), axis=2)
   out = out * gain[:, None, None, :]
-  drop = ((rows < 0)[:, None] | (cols < 0)[None, :]) | _erase_mask(erase_box, height, width)
-  return _blend(out, drop, tf.zeros([2]))
+  i = tf.range(height)[:, None]
+  j = tf.range(width)[None, :]
+  erased = (i >= erase_box[0]) & (i < erase_box[1]) & (j >= erase_box[2]) & (j < erase_box[3])
+  drop = ((rows < 0)[:, None] | (cols < 0)[None, :]) | erased
+  return tf.where(drop[None, :, :, None], tf.zeros_like(out), out)
 
 
-def _jitter(clip, factors, erase_box, fill):
+def _jitter(clip, factors):
   """Brightness, contrast, saturation (module docstring) on uint8 [T, H, W, 3]."""
   grey = tf.constant(GREY, tf.float32)
   x = tf.cast(clip, tf.float32)
@@ -265,78 +417,20 @@ def _jitter(clip, factors, erase_box, fill):
   x = tf.clip_by_value((x - mean) * factors[1] + mean, 0.0, 255.0)
   g = tf.reduce_sum(x * grey, -1, keepdims=True)
   x = tf.clip_by_value((x - g) * factors[2] + g, 0.0, 255.0)
-  out = tf.cast(tf.round(x), tf.uint8)
-  return _blend(out, _erase_mask(erase_box, clip.shape[1], clip.shape[2]), fill)
+  return tf.cast(tf.round(x), tf.uint8)
 
 
-def _resample(images, rows, cols, erase_box, fill, translate: bool, erase: bool):
-  """`_gather_pixels` specialised: the masks only when translating / erasing."""
-  if translate:
-    return _gather_pixels(images, rows, cols, erase_box if erase else _no_box(), fill)
-  out = tf.gather(tf.gather(images, rows, axis=1), cols, axis=2)
-  if erase:
-    out = _blend(out, _erase_mask(erase_box, rows.shape[0], cols.shape[0]), fill)
-  return out
-
-
-def _flip_erase(images, flip, erase_box, fill, erase: bool):
-  """Same-size clip: optional flip (a reverse), optional erasing."""
-  if not erase:
-    return tf.reverse(images, [2])
-  out = tf.cond(flip, lambda: tf.reverse(images, [2]), lambda: images)
-  return _blend(out, _erase_mask(erase_box, images.shape[1], images.shape[2]), fill)
-
-
+_flip_xla = tf.function(_flip, jit_compile=True, autograph=False)
+# Separate functions rather than one fused computation: fused with the gathers or the
+# reverse, the masked pass would index every byte through the pixel layout (several times
+# slower than running it on its own).
+_masked_xla = tf.function(_masked, jit_compile=True, autograph=False)
 _resample_xla = tf.function(_resample, jit_compile=True, autograph=False)
-_flip_erase_xla = tf.function(_flip_erase, jit_compile=True, autograph=False)
 _gather_flow_xla = tf.function(_gather_flow, jit_compile=True, autograph=False)
 _jitter_xla = tf.function(_jitter, jit_compile=True, autograph=False)
 
 
 # ------------------------------------------------------------------------ decoding
-
-
-def _fill() -> tf.Tensor:
-  return tf.constant(ERASE_FILL, tf.uint8)
-
-
-def _no_box() -> tf.Tensor:
-  return tf.zeros([4], tf.int32)
-
-
-def _pixel_box(params, spec: ClipSpec) -> tf.Tensor:
-  """The erase box applied by the geometric kernel (after the jitter when it is on)."""
-  return _no_box() if spec.color_jitter > 0 else params["erase_box"]
-
-
-def _static_pixels(images, rows, cols, params, spec: ClipSpec, same_size: bool):
-  """XLA path for a stacked clip [T, h, w, 3] of static shape.
-
-  `same_size`: the window is the whole frame and already (H, W), so without translation
-  the maps are the identity or a flip: a reverse, or nothing at all.
-  """
-  box = _pixel_box(params, spec)
-  can_erase = spec.random_erasing > 0 and not spec.color_jitter > 0
-  erase = box[1] > box[0]
-  translate = spec.translate > 0
-  fill = _fill()
-  if same_size and not translate:
-    flip = params["flip"]
-    if not can_erase:
-      if not spec.flip:
-        return images
-      return tf.cond(flip, lambda: _flip_erase_xla(images, flip, box, fill, False),
-                     lambda: images)
-    return tf.cond(
-        flip | erase,
-        lambda: tf.cond(erase, lambda: _flip_erase_xla(images, flip, box, fill, True),
-                        lambda: _flip_erase_xla(images, flip, box, fill, False)),
-        lambda: images)
-  if not can_erase:
-    return _resample_xla(images, rows, cols, box, fill, translate, False)
-  return tf.cond(erase,
-                 lambda: _resample_xla(images, rows, cols, box, fill, translate, True),
-                 lambda: _resample_xla(images, rows, cols, box, fill, translate, False))
 
 
 def png_sizes(frames) -> tf.Tensor:
@@ -350,90 +444,139 @@ def png_sizes(frames) -> tf.Tensor:
 
 def jpeg_sizes(frames, seq_len: int) -> tf.Tensor:
   """[T, 2] int32 (height, width) of JPEG frames ([T] string), from their headers."""
-  return tf.stack([tf.io.extract_jpeg_shape(f, output_type=tf.int32)[:2]
-                   for f in tf.unstack(frames, num=seq_len)])
+  shapes = [tf.io.extract_jpeg_shape(f, output_type=tf.int32)
+            for f in tf.unstack(frames, num=seq_len)]
+  return tf.stack(shapes)[:, :2]
 
 
-def _clip(frames, png: bool, params, spec: ClipSpec, flow: bool):
-  """(output, windows) of T encoded frames: RGB uint8 [T, H, W, 3] or flow [T, H, W, 2].
+def _decode_frame(frame, png: bool, window=None):
+  """One frame, uint8 [h, w, 3]; a JPEG with `window` ([4] int32) only that window."""
+  if png:
+    return tf.io.decode_png(frame, channels=3)
+  if window is None:
+    return tf.io.decode_jpeg(frame, channels=3)
+  return tf.io.decode_and_crop_jpeg(frame, window, channels=3)
 
-  Frames that all have `spec.static_size` take the XLA path (one stacked clip); otherwise
-  each frame is decoded and resampled on its own (tf.map_fn), with the same result.
-  """
-  t, height, width = spec.seq_len, spec.height, spec.width
+
+def _decode_stack(frames, png: bool, seq_len: int, shape, window=None):
+  """T frames stacked, uint8 [T, *shape, 3] (static shape)."""
+  images = [_decode_frame(f, png, window) for f in tf.unstack(frames, num=seq_len)]
+  return tf.ensure_shape(tf.stack(images), [seq_len] + list(shape) + [3])
+
+
+def _static_branches(frames, png: bool, plan: ClipPlan, spec: ClipSpec):
+  """The XLA path of a clip whose T frames all have `spec.static_size` (module docstring):
+  (branches, index), the branch functions (each decodes and returns the clip) and which
+  one the plan asks for. One flat choice: nested conditionals would route every captured
+  tensor through each level."""
+  t, (h0, w0) = spec.seq_len, spec.static_size
+  masks = (plan.row_masks, plan.col_masks)
+
+  def kernel(kind, decode, row_origin):
+    def run():
+      images = decode()
+      masked = lambda x: _apply_masks(x, *masks, _masked_xla)
+      if kind == KERNEL_NONE:
+        return images
+      if kind == KERNEL_FLIP:
+        return _flip_xla(images)
+      if kind == KERNEL_ERASE:
+        return masked(images)
+      if kind == KERNEL_FLIP_ERASE:
+        return masked(_flip_xla(images))
+      if kind == KERNEL_RESAMPLE:
+        return _resample_xla(images, plan.rows, plan.cols, row_origin)
+      return masked(_resample_xla(images, *_clamped_maps(plan.rows, plan.cols, row_origin),
+                                  row_origin))
+    return run
+
+  masked = spec.translate > 0 or (spec.random_erasing > 0 and not spec.color_jitter > 0)
+  resampled = [KERNEL_RESAMPLE] + ([KERNEL_MASKED] if masked else [])
+  if (h0, w0) != (spec.height, spec.width):
+    full_kinds = resampled
+  elif not spec.random:
+    full_kinds = [KERNEL_NONE]
+  else:
+    full_kinds = list(range(NUM_KERNELS))  # kernel numbers are 0..NUM_KERNELS-1
+  decode_full = lambda: _decode_stack(frames, png, t, (h0, w0))
+  branches = [kernel(kind, decode_full, 0) for kind in full_kinds]
+  index = plan.kernel - full_kinds[0]
+  ch = _window_extent(h0, spec.crop_enlarge) if spec.crop_enlarge > 0 else h0
+  if png or ch == h0:
+    return branches, index
+  # Enlarged JPEG clips: only the window's rows, at full width (module docstring).
+  band_window = plan.window * tf.constant([1, 0, 0, 0]) + tf.constant([0, 0, ch, w0])
+  decode_band = lambda: _decode_stack(frames, png, t, (ch, w0), band_window)
+  band_index = len(branches) + plan.kernel - resampled[0]
+  branches += [kernel(kind, decode_band, band_window[0]) for kind in resampled]
+  return branches, tf.where(plan.window[2] < h0, band_index, index)
+
+
+def _generic_rgb(frames, png: bool, windows, params, spec: ClipSpec):
+  """Frames of any sizes, each decoded and resampled on its own (tf.map_fn)."""
+  box = _pixel_box(params, spec)
+
+  def one(args):
+    frame, window = args
+    rows, cols = sample_maps(window, params, spec)
+    band = None
+    origin = 0
+    if not png and spec.crop_enlarge > 0:
+      width = tf.io.extract_jpeg_shape(frame, output_type=tf.int32)[1]
+      band, origin = tf.stack([window[0], 0, window[2], width]), window[0]
+    image = _decode_frame(frame, png, band)[None]
+    out = _resample(image, *_clamped_maps(rows, cols, origin), origin)
+    return _apply_masks(out, *pixel_masks(box, spec, rows, cols), _masked)[0]
+
+  signature = tf.TensorSpec([spec.height, spec.width, 3], tf.uint8)
+  return tf.map_fn(one, (frames, windows), fn_output_signature=signature)
+
+
+def _rgb(frames, png: bool, params, spec: ClipSpec, plan: Optional[ClipPlan]):
+  """(clip, windows) of one format; see rgb_clip."""
+  t = spec.seq_len
   sizes = png_sizes(frames) if png else jpeg_sizes(frames, t)
-  windows = crop_windows(sizes, params, spec)
-  box = params["erase_box"] if flow else _pixel_box(params, spec)
-  crop = not png  # JPEG: only the window is decoded, maps are relative to it.
-
-  def decode(f, window=None):
-    if png:
-      return tf.io.decode_png(f, channels=3)
-    if window is None:
-      return tf.io.decode_jpeg(f, channels=3)
-    return tf.io.decode_and_crop_jpeg(f, window, channels=3)
 
   def generic():
-    def one(args):
-      f, window = args
-      rows, cols = sample_maps(window, params, spec, relative=crop)
-      image = decode(f, window if crop else None)[None]
-      if flow:
-        gain = flow_gain(window[None], params, spec)
-        return _gather_flow(image, rows, cols, box, gain, spec.flow_scale)[0]
-      return _gather_pixels(image, rows, cols, box, _fill())[0]
-
-    signature = tf.TensorSpec([height, width, 2 if flow else 3], tf.float32 if flow else tf.uint8)
-    return tf.map_fn(one, (frames, windows), fn_output_signature=signature)
+    windows = crop_windows(sizes, params, spec)
+    return _generic_rgb(frames, png, windows, params, spec), windows
 
   if spec.static_size is None:
-    return generic(), windows
-  h0, w0 = spec.static_size
-
-  def static():
-    window = windows[0]
-    rows, cols = sample_maps(window, params, spec, relative=crop)
-
-    def stacked(extent, cropped: bool):
-      images = [decode(f, window if cropped else None) for f in tf.unstack(frames, num=t)]
-      return tf.stack([tf.ensure_shape(image, [extent[0], extent[1], 3]) for image in images])
-
-    if flow:
-      gain = flow_gain(windows, params, spec)
-      return _gather_flow_xla(stacked((h0, w0), False), rows, cols, box, gain, spec.flow_scale)
-
-    def whole():
-      same = (h0, w0) == (height, width)
-      return _static_pixels(stacked((h0, w0), False), rows, cols, params, spec, same)
-
-    if spec.crop_enlarge <= 0:
-      return whole()
-    extent = ((_window_extent(h0, spec.crop_enlarge), _window_extent(w0, spec.crop_enlarge))
-              if crop else (h0, w0))
-    enlarged = lambda: _static_pixels(stacked(extent, crop), rows, cols, params, spec, False)
-    return tf.cond(params["enlarge"], enlarged, whole)
-
-  uniform = tf.reduce_all(sizes == tf.constant([h0, w0], tf.int32))
-  return tf.cond(uniform, static, generic), windows
+    return generic()
+  if plan is None:
+    plan = plan_clips(params, spec)
+  branches, index = _static_branches(frames, png, plan, spec)
+  windows = tf.tile(plan.window[None], [t, 1])
+  uniform = tf.reduce_all(sizes == tf.constant(spec.static_size, tf.int32))
+  index = tf.where(uniform, index, len(branches))
+  return tf.switch_case(index, [lambda f=f: (f(), windows) for f in branches] + [generic])
 
 
-def rgb_clip(frames, is_png, params, spec: ClipSpec) -> tuple[tf.Tensor, tf.Tensor]:
+def rgb_clip(frames, is_png, params, spec: ClipSpec, plan: Optional[ClipPlan] = None
+             ) -> tuple[tf.Tensor, tf.Tensor]:
   """Decodes and augments T encoded frames ([T] string) into uint8 [T, H, W, 3].
 
   Returns (clip, windows): windows [T, 4] int32 (y0, x0, ch, cw) per frame, for the
   keypoints. `is_png` (scalar bool) chooses the decoder when `spec.formats` has both.
+  `plan`: the clip's `plan_clips(params, spec)` when the caller computed it ahead (the
+  training pipeline does, for a whole epoch); used only when every frame has
+  `spec.static_size`.
   """
   frames = tf.ensure_shape(frames, [spec.seq_len])
   if spec.formats == ("png",):
-    clip, windows = _clip(frames, True, params, spec, flow=False)
+    clip, windows = _rgb(frames, True, params, spec, plan)
   elif "png" not in spec.formats:
-    clip, windows = _clip(frames, False, params, spec, flow=False)
+    clip, windows = _rgb(frames, False, params, spec, plan)
   else:
-    clip, windows = tf.cond(is_png, lambda: _clip(frames, True, params, spec, flow=False),
-                            lambda: _clip(frames, False, params, spec, flow=False))
+    clip, windows = tf.cond(is_png, lambda: _rgb(frames, True, params, spec, plan),
+                            lambda: _rgb(frames, False, params, spec, plan))
   if spec.color_jitter > 0:
     clip = _jitter_xla(tf.ensure_shape(clip, [spec.seq_len, spec.height, spec.width, 3]),
-                       params["jitter"], params["erase_box"], _fill())
+                       params["jitter"])
+    clip = tf.cond(params["erase_box"][1] > params["erase_box"][0],
+                   lambda: _apply_masks(clip, *pixel_masks(params["erase_box"], spec),
+                                        _masked_xla),
+                   lambda: clip)
   return tf.ensure_shape(clip, [spec.seq_len, spec.height, spec.width, 3]), windows
 
 
@@ -447,9 +590,37 @@ def flow_gain(windows, params, spec: ClipSpec) -> tf.Tensor:
 
 def flow_clip(flow_frames, params, spec: ClipSpec) -> tf.Tensor:
   """Decodes quantised flow PNGs ([T] string) into float32 [T, H, W, 2] (pixels)."""
-  flow_frames = tf.ensure_shape(flow_frames, [spec.seq_len])
-  out, _ = _clip(flow_frames, True, params, spec, flow=True)
-  return tf.ensure_shape(out, [spec.seq_len, spec.height, spec.width, 2])
+  t = spec.seq_len
+  flow_frames = tf.ensure_shape(flow_frames, [t])
+  sizes = png_sizes(flow_frames)
+  windows = crop_windows(sizes, params, spec)
+  box = params["erase_box"]
+
+  def generic():
+    def one(args):
+      frame, window = args
+      rows, cols = sample_maps(window, params, spec)
+      gain = flow_gain(window[None], params, spec)
+      image = tf.io.decode_png(frame, channels=3)[None]
+      return _gather_flow(image, rows, cols, box, gain, spec.flow_scale)[0]
+
+    signature = tf.TensorSpec([spec.height, spec.width, 2], tf.float32)
+    return tf.map_fn(one, (flow_frames, windows), fn_output_signature=signature)
+
+  if spec.static_size is None:
+    out = generic()
+  else:
+    h0, w0 = spec.static_size
+
+    def static():
+      rows, cols = sample_maps(windows[0], params, spec)
+      images = _decode_stack(flow_frames, True, t, (h0, w0))
+      return _gather_flow_xla(images, rows, cols, box, flow_gain(windows, params, spec),
+                              spec.flow_scale)
+
+    uniform = tf.reduce_all(sizes == tf.constant([h0, w0], tf.int32))
+    out = tf.cond(uniform, static, generic)
+  return tf.ensure_shape(out, [t, spec.height, spec.width, 2])
 
 
 def transform_keypoints(keypoints, present, windows, params, spec: ClipSpec) -> tf.Tensor:

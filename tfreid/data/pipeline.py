@@ -9,8 +9,11 @@ Video-Person-ReID) and the PK batches of nonlocal_i3d section 3.3:
   or with replacement when it has fewer than K (logged once);
 - each tracklet contributes one clip (samplers.py, data.train_sampler), decoded and
   augmented with one draw per clip (augment.py).
-Everything random comes from stateless seeds derived from (seed, input pipeline, epoch,
-position), so the same seed gives the same batches whatever the parallelism.
+When an epoch starts, all its draws are made at once from stateless seeds derived from
+(seed, input pipeline, epoch): the identity order, each identity's K tracklets, each clip's
+frames (`samplers.sample_train_clips`), augmentation parameters and their plan
+(`augment.params_from_uniform`, `augment.plan_clips`). The same seed gives the same batches
+whatever the parallelism, and each clip's decoding runs only the ops its plan needs.
 
 Multiple replicas: with a `strategy`, `strategy.distribute_datasets_from_function` calls
 `train_dataset_fn` once per input pipeline. Every replica gets whole identities: a
@@ -31,6 +34,10 @@ tracklet in the partition order (reader.py); `test_clips_per_tracklet` gives how
 each tracklet has, so a caller averages the clip features of each tracklet. The order of
 the elements is the same on every run (clips of a few neighbouring tracklets interleave).
 
+Speed (benchmarks/input_pipeline.py): records are read in order by the decoding map's
+input thread, clips are decoded by `_parallel_calls()` (CPUs + 1) parallel calls with the
+order kept, and tf.data autotuning is off (its bookkeeping cost more than it gained).
+
 Records are read one at a time at their byte offset (TFRecordDatasetV2 `byte_offsets`),
 which still verifies the record's CRCs, and parsed outside that per-record dataset. A record
 that cannot be read (checksum mismatch, truncated or missing file), or is not the tracklet
@@ -45,6 +52,7 @@ TensorFlow's parse error.)
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Optional
 
@@ -58,9 +66,8 @@ from tfreid.data import samplers
 from tfreid.data import schema
 
 DatasetError = schema.DatasetError
-_AUTOTUNE = tf.data.AUTOTUNE
-# Records read in parallel (interleave cycle).
-_READ_CYCLE = 8
+# Batches prefetched.
+_PREFETCH = 2
 
 _SKIPPED: list[tuple[str, int, int]] = []
 _SKIPPED_LOCK = threading.Lock()
@@ -148,7 +155,6 @@ class _Tables:
     paths = np.array(index.shard_files, dtype=object)[index.shard_index]
     self.path = tf.constant(list(paths) if len(paths) else [], tf.string)
     self.offset = tf.constant(index.offsets, tf.int64)
-    self.length = tf.constant(index.lengths, tf.int64)
     self.tracklet_id = tf.constant(index.tracklet_ids, tf.int64)
     self.num_frames = tf.constant(index.num_frames, tf.int64)
     self.pid = tf.constant(index.pids, tf.int32)
@@ -157,8 +163,9 @@ class _Tables:
     self.is_png = tf.constant(index.is_png, tf.bool)
 
 
-def _record_dataset(path, offset, length) -> tf.data.Dataset:
-  """The raw record at `offset` of the shard `path` (empty when unreadable)."""
+def _record_dataset(path, offset) -> tf.data.Dataset:
+  """The records of the shard `path` from byte `offset` on (the caller takes the first;
+  reading it verifies its checksums, and fails when they do not match)."""
   variant = tf.raw_ops.TFRecordDatasetV2(
       filenames=path, compression_type="", buffer_size=0, byte_offsets=offset)
   return tf.data.experimental.from_variant(variant, tf.TensorSpec([], tf.string))
@@ -166,16 +173,17 @@ def _record_dataset(path, offset, length) -> tf.data.Dataset:
 
 def _features(data) -> dict:
   # Scalars get defaults so that an empty (unreadable) record parses as an invalid one.
+  # Lists as RaggedFeature: their values come back as a flat tensor (no sparse indices).
   features = {
-      schema.FRAMES: tf.io.VarLenFeature(tf.string),
+      schema.FRAMES: tf.io.RaggedFeature(tf.string),
       schema.TRACKLET_ID: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
       schema.NUM_FRAMES: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
   }
   if data.use_flow:
-    features[schema.FLOW] = tf.io.VarLenFeature(tf.string)
+    features[schema.FLOW] = tf.io.RaggedFeature(tf.string)
   if data.use_keypoints:
-    features[schema.KEYPOINTS] = tf.io.VarLenFeature(tf.float32)
-    features[schema.KEYPOINTS_PRESENT] = tf.io.VarLenFeature(tf.int64)
+    features[schema.KEYPOINTS] = tf.io.RaggedFeature(tf.float32)
+    features[schema.KEYPOINTS_PRESENT] = tf.io.RaggedFeature(tf.int64)
   return features
 
 
@@ -183,20 +191,30 @@ def _parse(record, data, tracklet_id, num_frames):
   """Per-frame arrays of a record (b"" when unreadable) and whether it is the expected
   tracklet with consistent streams."""
   p = tf.io.parse_single_example(record, _features(data))
-  frames = p[schema.FRAMES].values
+  frames = p[schema.FRAMES]
   n = tf.cast(num_frames, tf.int32)
   valid = ((p[schema.TRACKLET_ID] == tracklet_id) & (p[schema.NUM_FRAMES] == num_frames)
            & (tf.size(frames) == n))
   out = {"frames": frames}
   if data.use_flow:
-    out["flow"] = p[schema.FLOW].values
+    out["flow"] = p[schema.FLOW]
     valid &= tf.size(out["flow"]) == n
   if data.use_keypoints:
-    out["keypoints"] = p[schema.KEYPOINTS].values
-    out["present"] = p[schema.KEYPOINTS_PRESENT].values
+    out["keypoints"] = p[schema.KEYPOINTS]
+    out["present"] = p[schema.KEYPOINTS_PRESENT]
     valid &= ((tf.size(out["keypoints"]) == n * schema.NUM_JOINTS * 3)
               & (tf.size(out["present"]) == n))
   out["valid"] = valid
+  return out
+
+
+def _gather_frames(arrays, frame_index, data) -> dict:
+  """The frames `frame_index` ([T]) of a valid record's per-frame arrays."""
+  out = {k: tf.gather(v, frame_index) for k, v in arrays.items()
+         if k not in ("valid", "keypoints")}
+  if data.use_keypoints:
+    joints = tf.reshape(arrays["keypoints"], [-1, schema.NUM_JOINTS, 3])
+    out["keypoints"] = tf.gather(joints, frame_index)
   return out
 
 
@@ -204,11 +222,7 @@ def _pick(arrays, frame_index, data):
   """The frames `frame_index` ([T]) of parsed arrays (empty ones when not valid)."""
 
   def gather():
-    out = {k: tf.gather(v, frame_index) for k, v in arrays.items()
-           if k not in ("valid", "keypoints")}
-    if data.use_keypoints:
-      joints = tf.reshape(arrays["keypoints"], [-1, schema.NUM_JOINTS, 3])
-      out["keypoints"] = tf.gather(joints, frame_index)
+    out = _gather_frames(arrays, frame_index, data)
     out["valid"] = tf.constant(True)
     return out
 
@@ -227,52 +241,68 @@ def _empty_clip(data) -> dict:
   return out
 
 
-def _read_raw(tables: _Tables, row) -> tf.data.Dataset:
-  """One element: the serialized record of `row`, or b"" when it cannot be read (bad
-  checksum, truncated or missing file). Parsing happens outside this per-record dataset,
-  which keeps the per-record cost to the read itself."""
-  raw = _record_dataset(tables.path[row], tables.offset[row], tables.length[row])
-  raw = raw.take(1).ignore_errors()
-  return raw.concatenate(tf.data.Dataset.from_tensors(tf.constant(b""))).take(1)
+def _read_raw(tables: _Tables, row, carry) -> tf.data.Dataset:
+  """One element (record, carry): the serialized record of `row`, or b"" when it cannot be
+  read (bad checksum, truncated or missing file), with `carry` passed along. Parsing
+  happens outside this per-record dataset, which keeps the per-record cost to the read."""
+  raw = _record_dataset(tf.gather(tables.path, row), tf.gather(tables.offset, row))
+  raw = raw.take(1).ignore_errors().concatenate(tf.data.Dataset.from_tensors(tf.constant(b"")))
+  # The zip ends with its one-element second dataset: the record, or else the b"".
+  return tf.data.Dataset.zip(raw, tf.data.Dataset.from_tensors(carry))
 
 
 # ------------------------------------------------------------------------ decoding
 
 
-def _decode(element, tables: _Tables, data, spec: augment.ClipSpec, training: bool):
-  """Decoded, augmented clip (+flow, keypoints) of one element; checks `valid`."""
-  row = element["row"]
-  valid = element["valid"]
+def _meta(tables: _Tables, rows) -> dict:
+  """What a clip carries about its tracklet (rows: scalar or [N])."""
+  return {"path": tf.gather(tables.path, rows), "offset": tf.gather(tables.offset, rows),
+          "tracklet_id": tf.gather(tables.tracklet_id, rows),
+          "num_frames": tf.gather(tables.num_frames, rows),
+          "is_png": tf.gather(tables.is_png, rows), "labels": tf.gather(tables.label, rows),
+          "pids": tf.gather(tables.pid, rows), "camids": tf.gather(tables.camid, rows)}
+
+
+def _decode(arrays, frame_index, meta, params, plan, first, data, spec: augment.ClipSpec):
+  """Decoded, augmented clip (+flow, keypoints) of one record's arrays; checks `valid`.
+
+  `frame_index`: the clip's frames ([T]) in `arrays`, or None when `arrays` holds exactly
+  the clip's frames. `meta`: `_meta` of its tracklet. `plan`: the clip's
+  augment.ClipPlan, or None to compute it here.
+  """
+  valid = arrays["valid"]
   if not data.skip_corrupt:
     check = tf.debugging.Assert(valid, [
-        "Corrupt or unreadable record in shard", tables.path[row], "at byte offset",
-        tables.offset[row], "(tracklet id", tables.tracklet_id[row],
+        "Corrupt or unreadable record in shard", meta["path"], "at byte offset",
+        meta["offset"], "(tracklet id", meta["tracklet_id"],
         "): it fails its checksum, does not parse, or is not the tracklet the shard scan "
         "found there. Re-run the converter for this dataset, or set data.skip_corrupt=true "
         "to skip such records."], summarize=8)
+    # Everything below waits for the check, so a bad record fails with this message.
     with tf.control_dependencies([check]):
-      valid = tf.identity(valid)
-  params = augment.draw_params(element["aug_seed"], spec) if training else \
-      augment.identity_params()
+      arrays = {key: tf.identity(v) for key, v in arrays.items()}
+      valid = arrays["valid"]
   t, h, w = spec.seq_len, spec.height, spec.width
 
   def real():
-    clip, windows = augment.rgb_clip(element["frames"], tables.is_png[row], params, spec)
+    clip_arrays = arrays if frame_index is None else _gather_frames(arrays, frame_index, data)
+    clip, windows = augment.rgb_clip(clip_arrays["frames"], meta["is_png"], params, spec,
+                                     plan)
     out = {"clips": clip}
     if data.use_flow:
-      out["flow"] = augment.flow_clip(element["flow"], params, spec)
+      out["flow"] = augment.flow_clip(clip_arrays["flow"], params, spec)
     if data.use_keypoints:
-      out["keypoints"] = augment.transform_keypoints(element["keypoints"], element["present"],
-                                                     windows, params, spec)
+      out["keypoints"] = augment.transform_keypoints(
+          clip_arrays["keypoints"], clip_arrays["present"], windows, params, spec)
     return out
 
   def dummy():
     deps = []
     if data.skip_corrupt:  # counted once per record (its first clip)
       deps.append(tf.cond(
-          element["first"],
-          lambda: tf.numpy_function(_note_skipped, [tables.path[row], tables.offset[row],
-                                                    tables.tracklet_id[row]], tf.int64,
+          first,
+          lambda: tf.numpy_function(_note_skipped, [meta["path"], meta["offset"],
+                                                    meta["tracklet_id"]], tf.int64,
                                     stateful=True),
           lambda: tf.constant(0, tf.int64)))
     with tf.control_dependencies(deps):
@@ -283,16 +313,39 @@ def _decode(element, tables: _Tables, data, spec: augment.ClipSpec, training: bo
         out["keypoints"] = tf.zeros([t, schema.NUM_JOINTS, 3])
     return out
 
-  out = tf.cond(valid, real, dummy)
-  out.update(labels=tables.label[row], pids=tables.pid[row], camids=tables.camid[row],
-             valid=valid)
+  # Without skip_corrupt a clip that gets past the check is valid: no branch needed.
+  out = tf.cond(valid, real, dummy) if data.skip_corrupt else real()
+  out.update(labels=meta["labels"], pids=meta["pids"], camids=meta["camids"], valid=valid)
   return out
 
 
 def _options() -> tf.data.Options:
+  """Deterministic order; parallelism set from the CPU count (`_parallel_calls`) rather
+  than autotuned: autotuning's per-element bookkeeping and extra threads cost more than
+  they gain here (benchmarks/input_pipeline.py)."""
   options = tf.data.Options()
   options.deterministic = True
+  options.autotune.enabled = False
   return options
+
+
+def _parallel_calls() -> int:
+  """Clips decoded in parallel: one per available CPU, plus one."""
+  try:
+    cpus = len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    cpus = os.cpu_count() or 1
+  return max(cpus, 1) + 1
+
+
+def _read_records(elements: tf.data.Dataset, read) -> tf.data.Dataset:
+  """`read` (element -> dataset of one record) over `elements`, in order.
+
+  The records are read one after the other by the decoding map's input thread: from the
+  page cache a record costs a small fraction of a clip's decoding, and on a few cores a
+  parallel interleave costs more in thread hand-offs than it saves.
+  """
+  return elements.flat_map(_plain(read))
 
 
 # ------------------------------------------------------------------------ training
@@ -360,66 +413,73 @@ def _train_dataset(index: reader.TrackletIndex, data, seed: int,
   counts_t = tf.constant(counts, tf.int32)
   base = tf.constant([seed, pipeline_id], tf.int64)
   num_ids = len(identities)
+  width = int(max(counts.max(), k))
+  num_clips = ids_per_epoch * k
 
   def epoch(e):
+    """Every clip of epoch e, drawn at once: rows, frames, augmentation and its plan."""
     seed_e = tf.random.experimental.stateless_fold_in(base, e)
+    fold = lambda i: tf.random.experimental.stateless_fold_in(seed_e, i)
     perm = tf.random.experimental.stateless_shuffle(tf.range(num_ids, dtype=tf.int32),
                                                     seed_e)[:ids_per_epoch]
-    return tf.data.Dataset.from_tensor_slices(
-        (tf.fill([ids_per_epoch], e), tf.range(ids_per_epoch, dtype=tf.int64), perm))
+    count = tf.gather(counts_t, perm)[:, None]
+    # K of an identity's tracklets: the K smallest of uniform keys (without replacement),
+    # or K uniform draws (with replacement) when it has fewer than K.
+    keys = tf.random.stateless_uniform([ids_per_epoch, width], fold(1))
+    keys = tf.where(tf.range(width) < count, keys, 2.0)
+    without = tf.math.top_k(-keys, k=k).indices
+    draws = tf.random.stateless_uniform([ids_per_epoch, k], fold(2))
+    with_replacement = tf.minimum(
+        tf.cast(tf.floor(draws * tf.cast(count, tf.float32)), tf.int32), count - 1)
+    choice = tf.where(count >= k, without, with_replacement)
+    rows = tf.reshape(tf.gather(id_rows_t, tf.gather(starts_t, perm)[:, None] + choice), [-1])
+    frame_index = samplers.sample_train_clips(
+        data.train_sampler, tf.gather(tables.num_frames, rows), data.seq_len,
+        data.sample_stride, fold(3))
+    draws = tf.random.stateless_uniform([num_clips, augment.NUM_DRAWS], fold(4))
+    clips = {"row": rows, "frame_index": frame_index, "meta": _meta(tables, rows)}
+    clips.update(plan_epoch(draws))
+    return tf.data.Dataset.from_tensor_slices(clips)
 
-  def pick(e, position, identity):
-    s = tf.random.experimental.stateless_fold_in(
-        tf.random.experimental.stateless_fold_in(base, e), position + 1)
-    count = counts_t[identity]
-    choice = tf.cond(
-        count >= k,
-        lambda: tf.random.experimental.stateless_shuffle(tf.range(count), s)[:k],
-        lambda: tf.random.stateless_uniform([k], s, minval=0, maxval=count, dtype=tf.int32))
-    chosen = tf.gather(id_rows_t, starts_t[identity] + choice)
-    seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(s, 0), k)
-    return chosen, seeds
+  @tf.function(jit_compile=True, autograph=False)
+  def plan_epoch(draws):
+    """Parameters (and plans) of all clips of an epoch from their draws (small tensors:
+    XLA computes them in a few fused loops instead of a hundred ops)."""
+    params = augment.params_from_uniform(draws, spec)
+    out = {"params": params}
+    if spec.static_size is not None:
+      out["plan"] = augment.plan_clips(params, spec).as_dict()
+    return out
 
-  def with_seeds(row, clip_seed):
-    index_seed = tf.random.experimental.stateless_fold_in(clip_seed, 0)
-    aug_seed = tf.random.experimental.stateless_fold_in(clip_seed, 1)
-    return row, index_seed, aug_seed
+  def read(element):
+    """The clip's record (b"" when unreadable), with the clip's draws."""
+    return _read_raw(tables, element["row"], element)
 
-  def read(row, index_seed, aug_seed):
-    return tf.data.Dataset.zip(_read_raw(tables, row),
-                               tf.data.Dataset.from_tensors((row, index_seed, aug_seed)))
-
-  def unpack(record, extra):
-    return (record,) + tuple(extra)
-
-  def clip(record, row, index_seed, aug_seed):
-    frame_index = samplers.sample_train_clip(data.train_sampler, tables.num_frames[row],
-                                             data.seq_len, data.sample_stride, index_seed)
-    parsed = _parse(record, data, tables.tracklet_id[row], tables.num_frames[row])
-    element = dict(_pick(parsed, frame_index, data))
-    element.update(row=row, aug_seed=aug_seed, first=tf.constant(True))
-    return _decode(element, tables, data, spec, training=True)
+  def clip(record, element):
+    meta = element["meta"]
+    arrays = _parse(record, data, meta["tracklet_id"], meta["num_frames"])
+    plan = augment.ClipPlan.from_dict(element["plan"]) if "plan" in element else None
+    out = _decode(arrays, element["frame_index"], meta, element["params"], plan,
+                  tf.constant(True), data, spec)
+    if not data.skip_corrupt:
+      out.pop("valid")  # always true past _decode's check
+    return out
 
   ds = tf.data.Dataset.counter().flat_map(_plain(epoch))
-  ds = ds.map(_plain(pick)).unbatch().map(_plain(with_seeds))
-  ds = ds.interleave(_plain(read), cycle_length=_READ_CYCLE, num_parallel_calls=_AUTOTUNE,
-                     deterministic=True)
-  ds = ds.map(_plain(lambda record, extra: clip(*unpack(record, extra))),
-              num_parallel_calls=_AUTOTUNE, deterministic=True)
+  ds = _read_records(ds, read)
+  ds = ds.map(_plain(clip), num_parallel_calls=_parallel_calls(), deterministic=True)
   if data.skip_corrupt:
     ds = ds.batch(k, drop_remainder=True)
     ds = ds.filter(_plain(lambda g: tf.reduce_all(g["valid"])))
     ds = ds.batch(p_replica, drop_remainder=True)
     ds = ds.map(_plain(lambda b: {key: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))
-                                  for key, v in b.items()}))
+                                  for key, v in b.items() if key != "valid"}))
   else:
     ds = ds.batch(p_replica * k, drop_remainder=True)
-  ds = ds.map(_plain(_finish_train))
-  return ds.with_options(_options()).prefetch(_AUTOTUNE)
+  return ds.with_options(_options()).prefetch(_PREFETCH)
 
 
-def _finish_train(batch):
+def _drop_valid(batch):
   batch = dict(batch)
   batch.pop("valid")
   return batch
@@ -492,36 +552,40 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
 
   def read(position):
     row = tf.cast(position, tf.int32)
-    return tf.data.Dataset.zip(_read_raw(tables, row), tf.data.Dataset.from_tensors(row))
+    return _read_raw(tables, row, row)
 
   def parse(record, row):
-    return _parse(record, data, tables.tracklet_id[row], tables.num_frames[row]), row
+    meta = _meta(tables, row)
+    return _parse(record, data, meta["tracklet_id"], meta["num_frames"]), row, meta
 
-  def split_clips(arrays, row):
-    clip_index = samplers.test_clips(sampler, tables.num_frames[row], t)
+  def split_clips(arrays, row, meta):
+    clip_index = samplers.test_clips(sampler, meta["num_frames"], t)
 
     def one(clip_number, frame_index):
       element = dict(_pick(arrays, frame_index, data))
-      element.update(row=row, aug_seed=tf.zeros([2], tf.int64), first=clip_number == 0)
+      element.update(row=row, first=clip_number == 0, meta=meta)
       return element
 
     return tf.data.Dataset.from_tensor_slices(
         (tf.range(tf.shape(clip_index)[0]), clip_index)).map(_plain(one))
 
-  ds = tf.data.Dataset.range(len(index))
-  ds = ds.interleave(_plain(read), cycle_length=4, num_parallel_calls=_AUTOTUNE,
-                     deterministic=True)
+  ds = _read_records(tf.data.Dataset.range(len(index)), read)
   ds = ds.map(_plain(parse), num_parallel_calls=2, deterministic=True)
   ds = ds.flat_map(_plain(split_clips))
 
+  # Test clips are not augmented: one set of parameters (and plan) for all of them.
+  params = augment.identity_params()
+  plan = augment.plan_clips(params, spec) if spec.static_size is not None else None
+
   def decode(el):
-    out = _decode(el, tables, data, spec, training=False)
+    arrays = {key: v for key, v in el.items() if key not in ("row", "first", "meta")}
+    out = _decode(arrays, None, el["meta"], params, plan, el["first"], data, spec)
     out["index"] = el["row"]
     return out
 
-  ds = ds.map(_plain(decode), num_parallel_calls=_AUTOTUNE, deterministic=True)
+  ds = ds.map(_plain(decode), num_parallel_calls=_parallel_calls(), deterministic=True)
   if data.skip_corrupt:
     ds = ds.filter(_plain(lambda el: el["valid"]))
   ds = ds.batch(data.test_batch_size)
-  ds = ds.map(_plain(_finish_train))
-  return ds.with_options(_options()).prefetch(_AUTOTUNE)
+  ds = ds.map(_plain(_drop_valid))
+  return ds.with_options(_options()).prefetch(_PREFETCH)

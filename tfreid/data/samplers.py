@@ -1,10 +1,12 @@
 """Which frames of a tracklet form a clip: the index computations, in TensorFlow ops.
 
-Every function takes the tracklet length `n` (a scalar tensor, n >= 1) and the clip length
-`T` (a Python int) and returns int32 frame indices in [0, n). They run inside `tf.data`
-map functions; each random one is split into a documented draw and a deterministic
-formula (`*_indices(n, T, ..., u)`), so a test can recompute it with numpy from the same
-draws.
+Every function takes the tracklet length `n` (n >= 1) and the clip length `T` (a Python int)
+and returns int32 frame indices in [0, n). They run inside `tf.data` map functions; each
+random one is split into a documented draw and a deterministic formula
+(`*_indices(n, T, ..., u)`), so a test can recompute it with numpy from the same draws.
+The training formulas also take a batch: `n` of shape [N] (and draws with a leading N)
+gives [N, T] indices, row r by the formula for n[r]; `sample_train_clips` draws for N
+clips at once (the training pipeline samples a whole epoch that way).
 
 Training samplers (one clip per tracklet):
 
@@ -51,12 +53,14 @@ def _n(num_frames) -> tf.Tensor:
 
 
 def consecutive_indices(num_frames, seq_len: int, stride: int, u) -> tf.Tensor:
-  """Consecutive clip from the uniform draw `u` (scalar in [0, 1)); see module docstring."""
-  n = _n(num_frames)
+  """Consecutive clip from the uniform draw `u` (shape of n, in [0, 1)); see module
+  docstring."""
+  n = _n(num_frames)[..., None]
   span = (seq_len - 1) * stride + 1
   num_starts = tf.maximum(n - span, 0) + 1
-  start = tf.minimum(tf.cast(tf.floor(tf.cast(u, tf.float32) * tf.cast(num_starts, tf.float32)),
-                             tf.int32), num_starts - 1)
+  u = tf.cast(u, tf.float32)[..., None]
+  start = tf.minimum(tf.cast(tf.floor(u * tf.cast(num_starts, tf.float32)), tf.int32),
+                     num_starts - 1)
   available = (n - start + stride - 1) // stride  # frames start, start+stride, ... < n
   m = tf.minimum(available, seq_len)
   i = tf.range(seq_len, dtype=tf.int32)
@@ -64,41 +68,39 @@ def consecutive_indices(num_frames, seq_len: int, stride: int, u) -> tf.Tensor:
 
 
 def chunk_bounds(num_frames, seq_len: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """(b_k, l_k) of the T equal chunks of diversity_attention section 3.1."""
-  n = _n(num_frames)
+  """(b_k, l_k) [..., T] of the T equal chunks of diversity_attention section 3.1."""
+  n = _n(num_frames)[..., None]
   k = tf.range(seq_len + 1, dtype=tf.int32)
   edges = (k * n) // seq_len
-  starts = edges[:-1]
-  lengths = tf.maximum(edges[1:] - starts, 1)
+  starts = edges[..., :-1]
+  lengths = tf.maximum(edges[..., 1:] - starts, 1)
   return starts, lengths
 
 
 def restricted_random_indices(num_frames, seq_len: int, u) -> tf.Tensor:
-  """One frame per chunk from the draws `u` ([T] in [0, 1)); see module docstring."""
+  """One frame per chunk from the draws `u` ([..., T] in [0, 1)); see module docstring."""
   starts, lengths = chunk_bounds(num_frames, seq_len)
   offset = tf.cast(tf.floor(tf.cast(u, tf.float32) * tf.cast(lengths, tf.float32)), tf.int32)
   return starts + tf.minimum(offset, lengths - 1)
 
 
 def random_indices(num_frames, seq_len: int, u) -> tf.Tensor:
-  """Sorted random frames from the keys `u` ([max(n, T)] in [0, 1)); see module docstring."""
+  """Sorted random frames from the keys `u` ([..., D] in [0, 1), D >= max(n, T)); see
+  module docstring (keys past n are not used)."""
   n = _n(num_frames)
   u = tf.cast(u, tf.float32)
-
-  def without_replacement():
-    _, smallest = tf.math.top_k(-u[:n], k=seq_len)
-    return tf.sort(tf.cast(smallest, tf.int32))
-
-  def with_replacement():
-    draws = tf.cast(tf.floor(u[:seq_len] * tf.cast(n, tf.float32)), tf.int32)
-    return tf.sort(tf.minimum(draws, n - 1))
-
-  return tf.cond(n >= seq_len, without_replacement, with_replacement)
+  j = tf.range(tf.shape(u)[-1], dtype=tf.int32)
+  keys = tf.where(j < n[..., None], u, 2.0)  # never among the T smallest when n >= T
+  _, smallest = tf.math.top_k(-keys, k=seq_len)
+  without_replacement = tf.sort(tf.cast(smallest, tf.int32), axis=-1)
+  draws = tf.cast(tf.floor(u[..., :seq_len] * tf.cast(n[..., None], tf.float32)), tf.int32)
+  with_replacement = tf.sort(tf.minimum(draws, n[..., None] - 1), axis=-1)
+  return tf.where((n >= seq_len)[..., None], without_replacement, with_replacement)
 
 
 def evenly_indices(num_frames, seq_len: int) -> tf.Tensor:
   """torchreid's `evenly` sampling; see module docstring."""
-  n = _n(num_frames)
+  n = _n(num_frames)[..., None]
   i = tf.range(seq_len, dtype=tf.int32)
   return tf.where(n >= seq_len, i * tf.maximum(n // seq_len, 1), tf.minimum(i, n - 1))
 
@@ -117,29 +119,38 @@ def dense_indices(num_frames, seq_len: int) -> tf.Tensor:
 def chunk_first_indices(num_frames, seq_len: int) -> tf.Tensor:
   """The first frame of each chunk, [1, T] (diversity_attention testing)."""
   starts, _ = chunk_bounds(num_frames, seq_len)
-  return starts[None, :]
+  return tf.reshape(starts, [1, seq_len])
 
 
 # ------------------------------------------------------------------ with the draws
 
 
+def _check_train_sampler(sampler: str) -> None:
+  if sampler not in TRAIN_SAMPLERS:
+    raise ValueError(f"unknown training sampler {sampler!r}; expected one of "
+                     f"{', '.join(TRAIN_SAMPLERS)}.")
+
+
 def train_draws(sampler: str, num_frames, seq_len: int, seed) -> tf.Tensor:
-  """The uniform draws a training sampler uses, from a stateless seed ([2] int)."""
+  """The uniform draws a training sampler uses, from a stateless seed ([2] int).
+
+  `num_frames` scalar: one clip's draws; [N]: those of N clips (leading dimension N; the
+  `random` keys are then max(max(n), T) wide).
+  """
+  _check_train_sampler(sampler)
+  n = _n(num_frames)
+  lead = tf.shape(n)
   if sampler == "consecutive":
-    return tf.random.stateless_uniform([], seed)
+    return tf.random.stateless_uniform(lead, seed)
   if sampler == "restricted_random":
-    return tf.random.stateless_uniform([seq_len], seed)
+    return tf.random.stateless_uniform(tf.concat([lead, [seq_len]], 0), seed)
   if sampler == "random":
-    return tf.random.stateless_uniform([tf.maximum(_n(num_frames), seq_len)], seed)
-  if sampler == "evenly":
-    return tf.zeros([0])
-  raise ValueError(f"unknown training sampler {sampler!r}; expected one of "
-                   f"{', '.join(TRAIN_SAMPLERS)}.")
+    width = tf.maximum(tf.reduce_max(n), seq_len)
+    return tf.random.stateless_uniform(tf.concat([lead, [width]], 0), seed)
+  return tf.zeros(tf.concat([lead, [0]], 0))
 
 
-def sample_train_clip(sampler: str, num_frames, seq_len: int, stride: int, seed) -> tf.Tensor:
-  """[T] frame indices of one training clip; `seed` is a stateless seed ([2] int)."""
-  u = train_draws(sampler, num_frames, seq_len, seed)
+def _indices(sampler: str, num_frames, seq_len: int, stride: int, u) -> tf.Tensor:
   if sampler == "consecutive":
     return consecutive_indices(num_frames, seq_len, stride, u)
   if sampler == "restricted_random":
@@ -147,6 +158,22 @@ def sample_train_clip(sampler: str, num_frames, seq_len: int, stride: int, seed)
   if sampler == "random":
     return random_indices(num_frames, seq_len, u)
   return evenly_indices(num_frames, seq_len)
+
+
+def sample_train_clip(sampler: str, num_frames, seq_len: int, stride: int, seed) -> tf.Tensor:
+  """[T] frame indices of one training clip; `seed` is a stateless seed ([2] int)."""
+  num_frames = tf.reshape(_n(num_frames), [])
+  u = train_draws(sampler, num_frames, seq_len, seed)
+  return _indices(sampler, num_frames, seq_len, stride, u)
+
+
+def sample_train_clips(sampler: str, num_frames, seq_len: int, stride: int, seed
+                       ) -> tf.Tensor:
+  """[N, T] frame indices of N training clips of tracklets of lengths `num_frames` ([N]),
+  all drawn from one stateless seed ([2] int); row r follows the formula for n[r]."""
+  num_frames = tf.reshape(_n(num_frames), [-1])
+  u = train_draws(sampler, num_frames, seq_len, seed)
+  return _indices(sampler, num_frames, seq_len, stride, u)
 
 
 def test_clips(sampler: str, num_frames, seq_len: int) -> tf.Tensor:
