@@ -11,7 +11,6 @@ file fast; the real model's evaluation is tested in test_evaluate_cli.py.
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,6 +25,7 @@ from tfreid.training import trainer as trainer_lib
 
 import convert_fakes
 import data_fixtures
+from trainer_fixtures import PlainModel
 
 KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP")
 TINY = ["data.height=32", "data.width=16", "data.seq_len=2", "data.num_identities=4",
@@ -33,23 +33,6 @@ TINY = ["data.height=32", "data.width=16", "data.seq_len=2", "data.num_identitie
         "trainer.epochs=2", "trainer.log_every_steps=1", "runtime.jit_compile=false",
         "eval.num_rank_lists=2"]
 EXPERIMENT = "nonlocal_i3d:synthetic"
-
-
-class PlainModel(keras.Model):
-  """Per-frame convolution, temporal and spatial mean, embedding and classifier."""
-
-  def __init__(self, num_classes):
-    super().__init__()
-    self.conv = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")
-    self.embed = keras.layers.Dense(8, name="embed")
-    self.classifier = keras.layers.Dense(num_classes, name="classifier")
-
-  def call(self, inputs, training=False):
-    x = keras.ops.cast(inputs["clips"], "float32") / 255.0
-    x = keras.ops.mean(x, axis=1)
-    x = keras.ops.mean(self.conv(x), axis=(1, 2))
-    embedding = self.embed(x)
-    return {"embedding": embedding, "logits": self.classifier(embedding)}
 
 
 class SpyTrainer(trainer_lib.Trainer):

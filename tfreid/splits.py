@@ -41,7 +41,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import sys
 from typing import Optional, Sequence
 
 from absl import app
@@ -269,22 +268,14 @@ def _release_memory() -> None:
 
 def main(argv):
   del argv
-  from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
   from tfreid import train  # pylint: disable=import-outside-toplevel
-  from tfreid.data.schema import DatasetError  # pylint: disable=import-outside-toplevel
-  try:
+
+  def run():
     experiment = train.resolve_experiment(FLAGS.experiment, FLAGS.config_file)
-    aggregate = run_splits(experiment, FLAGS.model_dir, FLAGS.data_dir or "", FLAGS.splits,
-                           FLAGS.config_file, FLAGS.override, FLAGS.protocol, FLAGS.rerank)
-  except (cfg.ConfigError, DatasetError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except RuntimeError as e:
-    from tfreid.training.trainer import TrainingError  # pylint: disable=import-outside-toplevel
-    if isinstance(e, TrainingError):
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(3)
-    raise
+    return run_splits(experiment, FLAGS.model_dir, FLAGS.data_dir or "", FLAGS.splits,
+                      FLAGS.config_file, FLAGS.override, FLAGS.protocol, FLAGS.rerank)
+
+  aggregate = train.run_reporting_errors(run)
   if aggregate is None:
     print("Stopped before every split was evaluated; run the same command to resume.")
     return

@@ -48,14 +48,25 @@ def resolve_experiment(experiment, config_files):
 def main(argv):
   del argv
   from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
-  from tfreid.data.schema import DatasetError  # pylint: disable=import-outside-toplevel
-  try:
+
+  def run():
     experiment = resolve_experiment(FLAGS.experiment, FLAGS.config_file)
     config = cfg.build_config(experiment, FLAGS.config_file, FLAGS.override,
                               data_dir=FLAGS.data_dir or "")
     from tfreid.training import trainer  # pylint: disable=import-outside-toplevel
     profile = trainer.parse_profile_steps(FLAGS.profile_steps)
     trainer.run_training(config, FLAGS.model_dir, profile_steps=profile)
+
+  run_reporting_errors(run)
+
+
+def run_reporting_errors(fn):
+  """Runs `fn()`; a user error (bad config or dataset) exits with code 2 and a NaN/Inf
+  training stop with code 3, each printing only its message. Returns what `fn` returns."""
+  from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
+  from tfreid.data.schema import DatasetError  # pylint: disable=import-outside-toplevel
+  try:
+    return fn()
   except (cfg.ConfigError, DatasetError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
