@@ -98,6 +98,14 @@ class TemporalIdentity(keras.initializers.Initializer):
     return {}
 
 
+def per_frame(fn, video):
+  """`fn` applied to every frame of video [B, T, H, W, C] (time folded into the batch)."""
+  shape = ops.shape(video)
+  out = fn(ops.reshape(video, (-1, shape[2], shape[3], shape[4])))
+  out_shape = ops.shape(out)
+  return ops.reshape(out, (shape[0], shape[1], out_shape[1], out_shape[2], out_shape[3]))
+
+
 @keras.saving.register_keras_serializable(package="tfreid")
 class FrameConv2D(keras.layers.Conv2D):
   """A 1 x k x k convolution of video [B, T, H, W, C]: Conv2D on every frame.
@@ -110,10 +118,7 @@ class FrameConv2D(keras.layers.Conv2D):
     super().build((None,) + tuple(input_shape[2:]))
 
   def call(self, inputs):
-    shape = ops.shape(inputs)
-    out = super().call(ops.reshape(inputs, (-1, shape[2], shape[3], shape[4])))
-    out_shape = ops.shape(out)
-    return ops.reshape(out, (shape[0], shape[1], out_shape[1], out_shape[2], out_shape[3]))
+    return per_frame(super().call, inputs)
 
   def compute_output_shape(self, input_shape):
     if len(input_shape) == 4:  # called by Conv2D.build with the frame shape
@@ -131,10 +136,7 @@ class FrameMaxPooling2D(keras.layers.MaxPooling2D):
     self.input_spec = keras.layers.InputSpec(ndim=5)
 
   def call(self, inputs):
-    shape = ops.shape(inputs)
-    out = super().call(ops.reshape(inputs, (-1, shape[2], shape[3], shape[4])))
-    out_shape = ops.shape(out)
-    return ops.reshape(out, (shape[0], shape[1], out_shape[1], out_shape[2], out_shape[3]))
+    return per_frame(super().call, inputs)
 
   def compute_output_shape(self, input_shape):
     frame = super().compute_output_shape((None,) + tuple(input_shape[2:]))

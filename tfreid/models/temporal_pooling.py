@@ -13,7 +13,6 @@ and non-local blocks start as the identity) compute the same features at the sta
 from __future__ import annotations
 
 import keras
-from keras import ops
 
 from tfreid.backbones import resnet2d, resnet3d, weights
 from tfreid.config import ConfigError
@@ -65,11 +64,8 @@ class TemporalPooling(ConfigKeysMixin, keras.Model):
 
   def call(self, inputs, training=None):
     clips = inputs["clips"] if isinstance(inputs, dict) else inputs
-    shape = ops.shape(clips)
-    frames = ops.reshape(clips, (-1, shape[2], shape[3], shape[4]))
-    maps = self.backbone(self.normalize(frames), training=training)["res5"]
-    map_shape = ops.shape(maps)
-    maps = ops.reshape(maps, (shape[0], shape[1], map_shape[1], map_shape[2], map_shape[3]))
+    maps = resnet3d.per_frame(
+        lambda frames: self.backbone(self.normalize(frames), training=training)["res5"], clips)
     return self.head(maps, training=training)
 
 
