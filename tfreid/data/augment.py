@@ -464,52 +464,62 @@ def _decode_stack(frames, png: bool, seq_len: int, shape, window=None):
   return tf.ensure_shape(tf.stack(images), [seq_len] + list(shape) + [3])
 
 
-def _static_branches(frames, png: bool, plan: ClipPlan, spec: ClipSpec):
-  """The XLA path of a clip whose T frames all have `spec.static_size` (module docstring):
-  (branches, index), the branch functions (each decodes and returns the clip) and which
-  one the plan asks for. One flat choice: nested conditionals would route every captured
-  tensor through each level."""
-  t, (h0, w0) = spec.seq_len, spec.static_size
+# Per kernel number: its geometry (0 none, 1 flip, 2 the maps' gathers) and whether the
+# masked pass follows.
+_GEOMETRY = (0, 1, 0, 1, 2, 2)
+_MASKED = (False, False, True, True, False, True)
+
+
+def _pixel_work(images, plan: ClipPlan, row_origin, geometries, may_mask: bool):
+  """The kernel the plan names, on decoded frames (`geometries`: the geometry numbers
+  that can occur, static). Plain tf.cond choices: lowered to switches they cost a few
+  microseconds, where one tf.switch_case over every kernel cost a tenth of the clip's
+  decoding (benchmarks/input_pipeline.py)."""
+  geometry = tf.gather(tf.constant(_GEOMETRY, tf.int32), plan.kernel)
+
+  def resample():
+    return _resample_xla(images, *_clamped_maps(plan.rows, plan.cols, row_origin),
+                         row_origin)
+
+  choices = [(2, resample), (1, lambda: _flip_xla(images)), (0, lambda: images)]
+  choices = [(kind, fn) for kind, fn in choices if kind in geometries]
+  out = choices[-1][1]()
+  for kind, fn in reversed(choices[:-1]):
+    out = tf.cond(geometry == kind, fn, lambda out=out: out)
+  if not may_mask:
+    return out
   masks = (plan.row_masks, plan.col_masks)
+  return tf.cond(tf.gather(tf.constant(_MASKED), plan.kernel),
+                 lambda: _apply_masks(out, *masks, _masked_xla), lambda: out)
 
-  def kernel(kind, decode, row_origin):
-    def run():
-      images = decode()
-      masked = lambda x: _apply_masks(x, *masks, _masked_xla)
-      if kind == KERNEL_NONE:
-        return images
-      if kind == KERNEL_FLIP:
-        return _flip_xla(images)
-      if kind == KERNEL_ERASE:
-        return masked(images)
-      if kind == KERNEL_FLIP_ERASE:
-        return masked(_flip_xla(images))
-      if kind == KERNEL_RESAMPLE:
-        return _resample_xla(images, plan.rows, plan.cols, row_origin)
-      return masked(_resample_xla(images, *_clamped_maps(plan.rows, plan.cols, row_origin),
-                                  row_origin))
-    return run
 
-  masked = spec.translate > 0 or (spec.random_erasing > 0 and not spec.color_jitter > 0)
-  resampled = [KERNEL_RESAMPLE] + ([KERNEL_MASKED] if masked else [])
+def _static_rgb(frames, png: bool, plan: ClipPlan, spec: ClipSpec):
+  """The clip of T frames that all have `spec.static_size` (module docstring): decoded
+  (a JPEG crop window: only its rows), then the plan's kernel."""
+  t, (h0, w0) = spec.seq_len, spec.static_size
+  may_mask = spec.translate > 0 or (spec.random_erasing > 0 and not spec.color_jitter > 0)
   if (h0, w0) != (spec.height, spec.width):
-    full_kinds = resampled
+    geometries = (2,)
   elif not spec.random:
-    full_kinds = [KERNEL_NONE]
+    geometries = (0,)
   else:
-    full_kinds = list(range(NUM_KERNELS))  # kernel numbers are 0..NUM_KERNELS-1
-  decode_full = lambda: _decode_stack(frames, png, t, (h0, w0))
-  branches = [kernel(kind, decode_full, 0) for kind in full_kinds]
-  index = plan.kernel - full_kinds[0]
+    geometries = (0, 1, 2)
+
+  def full():
+    images = _decode_stack(frames, png, t, (h0, w0))
+    return _pixel_work(images, plan, 0, geometries, may_mask)
+
   ch = _window_extent(h0, spec.crop_enlarge) if spec.crop_enlarge > 0 else h0
   if png or ch == h0:
-    return branches, index
-  # Enlarged JPEG clips: only the window's rows, at full width (module docstring).
-  band_window = plan.window * tf.constant([1, 0, 0, 0]) + tf.constant([0, 0, ch, w0])
-  decode_band = lambda: _decode_stack(frames, png, t, (ch, w0), band_window)
-  band_index = len(branches) + plan.kernel - resampled[0]
-  branches += [kernel(kind, decode_band, band_window[0]) for kind in resampled]
-  return branches, tf.where(plan.window[2] < h0, band_index, index)
+    return full()
+
+  def band():
+    # Enlarged JPEG clips: only the window's rows, at full width (module docstring).
+    window = plan.window * tf.constant([1, 0, 0, 0]) + tf.constant([0, 0, ch, w0])
+    images = _decode_stack(frames, png, t, (ch, w0), window)
+    return _pixel_work(images, plan, window[0], (2,), may_mask)
+
+  return tf.cond(plan.window[2] < h0, band, full)
 
 
 def _generic_rgb(frames, png: bool, windows, params, spec: ClipSpec):
@@ -537,19 +547,22 @@ def _rgb(frames, png: bool, params, spec: ClipSpec, plan: Optional[ClipPlan]):
   t = spec.seq_len
   sizes = png_sizes(frames) if png else jpeg_sizes(frames, t)
 
-  def generic():
+  def generic(frames, sizes, params):
     windows = crop_windows(sizes, params, spec)
     return _generic_rgb(frames, png, windows, params, spec), windows
 
   if spec.static_size is None:
-    return generic()
+    return generic(frames, sizes, params)
   if plan is None:
     plan = plan_clips(params, spec)
-  branches, index = _static_branches(frames, png, plan, spec)
   windows = tf.tile(plan.window[None], [t, 1])
   uniform = tf.reduce_all(sizes == tf.constant(spec.static_size, tf.int32))
-  index = tf.where(uniform, index, len(branches))
-  return tf.switch_case(index, [lambda f=f: (f(), windows) for f in branches] + [generic])
+  # The generic path as one function call that is not inlined: inlined, the untaken
+  # branch's ops (a tf.map_fn loop) would still be stepped through for every clip.
+  generic_call = tf.function(generic, autograph=False,
+                             experimental_attributes={"_noinline": True})
+  return tf.cond(uniform, lambda: (_static_rgb(frames, png, plan, spec), windows),
+                 lambda: generic_call(frames, sizes, params))
 
 
 def rgb_clip(frames, is_png, params, spec: ClipSpec, plan: Optional[ClipPlan] = None

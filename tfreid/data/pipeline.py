@@ -34,20 +34,20 @@ tracklet in the partition order (reader.py); `test_clips_per_tracklet` gives how
 each tracklet has, so a caller averages the clip features of each tracklet. The order of
 the elements is the same on every run (clips of a few neighbouring tracklets interleave).
 
-Speed (benchmarks/input_pipeline.py): records are read in order by the decoding map's
-input thread, clips are decoded by `_parallel_calls()` (CPUs + 1) parallel calls with the
-order kept, and tf.data autotuning is off (its bookkeeping cost more than it gained).
+Speed (benchmarks/input_pipeline.py): training records are read a per-replica batch of
+clips at a time, in one `tf.numpy_function` call of `reader.RecordReader` (one positioned
+read per record, hardware CRC-32C, only the clip's frames kept), one batch ahead of the
+decoding; clips are decoded by `_parallel_calls()` (CPUs + 1) parallel calls with the
+order kept, and tf.data autotuning is off (its bookkeeping cost more than it gained). A
+TFRecord dataset made per record cost about as much as decoding three frames.
 
-Records are read one at a time at their byte offset (TFRecordDatasetV2 `byte_offsets`),
-which still verifies the record's CRCs, and parsed outside that per-record dataset. A record
-that cannot be read (checksum mismatch, truncated or missing file), or is not the tracklet
-the index expects (id, frame count, stream lengths), fails the pipeline with an error naming
-the shard, the byte offset and the tracklet; with data.skip_corrupt it is skipped instead
-(training: the identity's K clips are dropped from that epoch, so later batches shift and a
-step may straddle two epochs; test: the tracklet yields no clips), logged, and counted in
-`skipped_records()`. (A record whose checksums hold but whose
-bytes are not a tf.train.Example at all, which only a broken writer produces, fails with
-TensorFlow's parse error.)
+Records are read at their byte offset and their framing CRCs verified (reader.RecordReader).
+A record that cannot be read (checksum mismatch, truncated or missing file, not a
+tf.train.Example), or is not the tracklet the index expects (id, frame count, stream
+lengths), fails the pipeline with an error naming the shard, the byte offset, the tracklet
+and what is wrong; with data.skip_corrupt it is skipped instead (training: the identity's
+K clips are dropped from that epoch, so later batches shift and a step may straddle two
+epochs; test: the tracklet yields no clips), logged, and counted in `skipped_records()`.
 """
 
 from __future__ import annotations
@@ -80,13 +80,11 @@ def skipped_records() -> list[tuple[str, int, int]]:
     return list(_SKIPPED)
 
 
-def _note_skipped(path, offset, tracklet_id):
-  path = path.decode() if isinstance(path, bytes) else str(path)
+def _note_skipped(path: str, offset: int, tracklet_id: int, reason: str) -> None:
   with _SKIPPED_LOCK:
-    _SKIPPED.append((path, int(offset), int(tracklet_id)))
-  logging.warning("skipping corrupt or unreadable record of tracklet %d in shard %s at byte "
-                  "%d (data.skip_corrupt).", int(tracklet_id), path, int(offset))
-  return np.int64(0)
+    _SKIPPED.append((path, offset, tracklet_id))
+  logging.warning("skipping the record of tracklet %d in shard %s at byte %d: %s "
+                  "(data.skip_corrupt).", tracklet_id, path, offset, reason)
 
 
 def _plain(fn):
@@ -152,9 +150,6 @@ class _Tables:
   """Per-tracklet constants of an index, as tensors looked up by row."""
 
   def __init__(self, index: reader.TrackletIndex):
-    paths = np.array(index.shard_files, dtype=object)[index.shard_index]
-    self.path = tf.constant(list(paths) if len(paths) else [], tf.string)
-    self.offset = tf.constant(index.offsets, tf.int64)
     self.tracklet_id = tf.constant(index.tracklet_ids, tf.int64)
     self.num_frames = tf.constant(index.num_frames, tf.int64)
     self.pid = tf.constant(index.pids, tf.int32)
@@ -163,92 +158,60 @@ class _Tables:
     self.is_png = tf.constant(index.is_png, tf.bool)
 
 
-def _record_dataset(path, offset) -> tf.data.Dataset:
-  """The records of the shard `path` from byte `offset` on (the caller takes the first;
-  reading it verifies its checksums, and fails when they do not match)."""
-  variant = tf.raw_ops.TFRecordDatasetV2(
-      filenames=path, compression_type="", buffer_size=0, byte_offsets=offset)
-  return tf.data.experimental.from_variant(variant, tf.TensorSpec([], tf.string))
+# Stream -> (dtype, shape after the frame axis).
+_STREAMS = {"frames": (tf.string, []), "flow": (tf.string, []),
+            "keypoints": (tf.float32, [schema.NUM_JOINTS, 3]), "present": (tf.int64, [])}
 
 
-def _features(data) -> dict:
-  # Scalars get defaults so that an empty (unreadable) record parses as an invalid one.
-  # Lists as RaggedFeature: their values come back as a flat tensor (no sparse indices).
-  features = {
-      schema.FRAMES: tf.io.RaggedFeature(tf.string),
-      schema.TRACKLET_ID: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-      schema.NUM_FRAMES: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-  }
-  if data.use_flow:
-    features[schema.FLOW] = tf.io.RaggedFeature(tf.string)
-  if data.use_keypoints:
-    features[schema.KEYPOINTS] = tf.io.RaggedFeature(tf.float32)
-    features[schema.KEYPOINTS_PRESENT] = tf.io.RaggedFeature(tf.int64)
-  return features
+def _stream_keys(data) -> list[str]:
+  """The per-frame streams the config asks for, in a fixed order."""
+  return (["frames"] + (["flow"] if data.use_flow else [])
+          + (["keypoints", "present"] if data.use_keypoints else []))
 
 
-def _parse(record, data, tracklet_id, num_frames):
-  """Per-frame arrays of a record (b"" when unreadable) and whether it is the expected
-  tracklet with consistent streams."""
-  p = tf.io.parse_single_example(record, _features(data))
-  frames = p[schema.FRAMES]
-  n = tf.cast(num_frames, tf.int32)
-  valid = ((p[schema.TRACKLET_ID] == tracklet_id) & (p[schema.NUM_FRAMES] == num_frames)
-           & (tf.size(frames) == n))
-  out = {"frames": frames}
-  if data.use_flow:
-    out["flow"] = p[schema.FLOW]
-    valid &= tf.size(out["flow"]) == n
-  if data.use_keypoints:
-    out["keypoints"] = p[schema.KEYPOINTS]
-    out["present"] = p[schema.KEYPOINTS_PRESENT]
-    valid &= ((tf.size(out["keypoints"]) == n * schema.NUM_JOINTS * 3)
-              & (tf.size(out["present"]) == n))
-  out["valid"] = valid
+def _record_reader(index: reader.TrackletIndex, data) -> reader.RecordReader:
+  return reader.RecordReader(index, use_flow=data.use_flow, use_keypoints=data.use_keypoints,
+                             skip_corrupt=data.skip_corrupt, on_skip=_note_skipped)
+
+
+def _fetched(outputs, keys, frame_shape: tf.TensorShape, valid_shape) -> dict:
+  """`tf.numpy_function` outputs (streams in `keys` order, then valid) as a dict with
+  static shapes."""
+  out = {}
+  for key, value in zip(keys, outputs):
+    value.set_shape(frame_shape.concatenate(_STREAMS[key][1]))
+    out[key] = value
+  outputs[-1].set_shape(valid_shape)
+  out["valid"] = outputs[-1]
   return out
 
 
-def _gather_frames(arrays, frame_index, data) -> dict:
-  """The frames `frame_index` ([T]) of a valid record's per-frame arrays."""
-  out = {k: tf.gather(v, frame_index) for k, v in arrays.items()
-         if k not in ("valid", "keypoints")}
-  if data.use_keypoints:
-    joints = tf.reshape(arrays["keypoints"], [-1, schema.NUM_JOINTS, 3])
-    out["keypoints"] = tf.gather(joints, frame_index)
-  return out
+def _read_clips(records: reader.RecordReader, data, rows, frame_index) -> dict:
+  """Streams of G clips, one call: clip i is the frames frame_index[i] ([G, T]) of the
+  record of rows[i] ([G]); `valid` [G] (False only with data.skip_corrupt)."""
+  keys = _stream_keys(data)
+
+  def fetch(rows, frame_index):
+    arrays, valid = records.clips(rows, frame_index)
+    return [np.stack([getattr(a, key) for a in arrays]) for key in keys] + [valid]
+
+  outputs = tf.numpy_function(fetch, [rows, frame_index],
+                              [_STREAMS[key][0] for key in keys] + [tf.bool], stateful=True,
+                              name="read_clips")
+  return _fetched(outputs, keys, frame_index.shape, frame_index.shape[:1])
 
 
-def _pick(arrays, frame_index, data):
-  """The frames `frame_index` ([T]) of parsed arrays (empty ones when not valid)."""
+def _read_tracklet(records: reader.RecordReader, data, row) -> dict:
+  """Every frame's streams of the record of `row`, and `valid` (a scalar)."""
+  keys = _stream_keys(data)
 
-  def gather():
-    out = _gather_frames(arrays, frame_index, data)
-    out["valid"] = tf.constant(True)
-    return out
+  def fetch(row):
+    arrays, valid = records.tracklet(row)
+    return [getattr(arrays, key) for key in keys] + [np.bool_(valid)]
 
-  empty = _empty_clip(data)
-  return tf.cond(arrays["valid"], gather, lambda: empty)
-
-
-def _empty_clip(data) -> dict:
-  t = data.seq_len
-  out = {"frames": tf.fill([t], ""), "valid": tf.constant(False)}
-  if data.use_flow:
-    out["flow"] = tf.fill([t], "")
-  if data.use_keypoints:
-    out["keypoints"] = tf.zeros([t, schema.NUM_JOINTS, 3])
-    out["present"] = tf.zeros([t], tf.int64)
-  return out
-
-
-def _read_raw(tables: _Tables, row, carry) -> tf.data.Dataset:
-  """One element (record, carry): the serialized record of `row`, or b"" when it cannot be
-  read (bad checksum, truncated or missing file), with `carry` passed along. Parsing
-  happens outside this per-record dataset, which keeps the per-record cost to the read."""
-  raw = _record_dataset(tf.gather(tables.path, row), tf.gather(tables.offset, row))
-  raw = raw.take(1).ignore_errors().concatenate(tf.data.Dataset.from_tensors(tf.constant(b"")))
-  # The zip ends with its one-element second dataset: the record, or else the b"".
-  return tf.data.Dataset.zip(raw, tf.data.Dataset.from_tensors(carry))
+  outputs = tf.numpy_function(fetch, [row], [_STREAMS[key][0] for key in keys] + [tf.bool],
+                              stateful=True, name="read_tracklet")
+  return _fetched(outputs, keys, tf.TensorShape([None]), [])
 
 
 # ------------------------------------------------------------------------ decoding
@@ -256,66 +219,42 @@ def _read_raw(tables: _Tables, row, carry) -> tf.data.Dataset:
 
 def _meta(tables: _Tables, rows) -> dict:
   """What a clip carries about its tracklet (rows: scalar or [N])."""
-  return {"path": tf.gather(tables.path, rows), "offset": tf.gather(tables.offset, rows),
-          "tracklet_id": tf.gather(tables.tracklet_id, rows),
-          "num_frames": tf.gather(tables.num_frames, rows),
-          "is_png": tf.gather(tables.is_png, rows), "labels": tf.gather(tables.label, rows),
+  return {"is_png": tf.gather(tables.is_png, rows), "labels": tf.gather(tables.label, rows),
           "pids": tf.gather(tables.pid, rows), "camids": tf.gather(tables.camid, rows)}
 
 
-def _decode(arrays, frame_index, meta, params, plan, first, data, spec: augment.ClipSpec):
-  """Decoded, augmented clip (+flow, keypoints) of one record's arrays; checks `valid`.
+def _decode(arrays, meta, params, plan, data, spec: augment.ClipSpec):
+  """Decoded, augmented clip (+flow, keypoints) of a clip's streams (`_read_clips`).
 
-  `frame_index`: the clip's frames ([T]) in `arrays`, or None when `arrays` holds exactly
-  the clip's frames. `meta`: `_meta` of its tracklet. `plan`: the clip's
-  augment.ClipPlan, or None to compute it here.
+  `meta`: `_meta` of its tracklet. `plan`: the clip's augment.ClipPlan, or None to compute
+  it here. An invalid clip (an unreadable record, skipped with data.skip_corrupt) becomes
+  zeros, which the caller filters out by `valid`.
   """
-  valid = arrays["valid"]
-  if not data.skip_corrupt:
-    check = tf.debugging.Assert(valid, [
-        "Corrupt or unreadable record in shard", meta["path"], "at byte offset",
-        meta["offset"], "(tracklet id", meta["tracklet_id"],
-        "): it fails its checksum, does not parse, or is not the tracklet the shard scan "
-        "found there. Re-run the converter for this dataset, or set data.skip_corrupt=true "
-        "to skip such records."], summarize=8)
-    # Everything below waits for the check, so a bad record fails with this message.
-    with tf.control_dependencies([check]):
-      arrays = {key: tf.identity(v) for key, v in arrays.items()}
-      valid = arrays["valid"]
   t, h, w = spec.seq_len, spec.height, spec.width
 
   def real():
-    clip_arrays = arrays if frame_index is None else _gather_frames(arrays, frame_index, data)
-    clip, windows = augment.rgb_clip(clip_arrays["frames"], meta["is_png"], params, spec,
-                                     plan)
+    clip, windows = augment.rgb_clip(arrays["frames"], meta["is_png"], params, spec, plan)
     out = {"clips": clip}
     if data.use_flow:
-      out["flow"] = augment.flow_clip(clip_arrays["flow"], params, spec)
+      out["flow"] = augment.flow_clip(arrays["flow"], params, spec)
     if data.use_keypoints:
-      out["keypoints"] = augment.transform_keypoints(
-          clip_arrays["keypoints"], clip_arrays["present"], windows, params, spec)
+      out["keypoints"] = augment.transform_keypoints(arrays["keypoints"], arrays["present"],
+                                                     windows, params, spec)
     return out
 
   def dummy():
-    deps = []
-    if data.skip_corrupt:  # counted once per record (its first clip)
-      deps.append(tf.cond(
-          first,
-          lambda: tf.numpy_function(_note_skipped, [meta["path"], meta["offset"],
-                                                    meta["tracklet_id"]], tf.int64,
-                                    stateful=True),
-          lambda: tf.constant(0, tf.int64)))
-    with tf.control_dependencies(deps):
-      out = {"clips": tf.zeros([t, h, w, 3], tf.uint8)}
-      if data.use_flow:
-        out["flow"] = tf.zeros([t, h, w, 2])
-      if data.use_keypoints:
-        out["keypoints"] = tf.zeros([t, schema.NUM_JOINTS, 3])
+    out = {"clips": tf.zeros([t, h, w, 3], tf.uint8)}
+    if data.use_flow:
+      out["flow"] = tf.zeros([t, h, w, 2])
+    if data.use_keypoints:
+      out["keypoints"] = tf.zeros([t, schema.NUM_JOINTS, 3])
     return out
 
-  # Without skip_corrupt a clip that gets past the check is valid: no branch needed.
-  out = tf.cond(valid, real, dummy) if data.skip_corrupt else real()
-  out.update(labels=meta["labels"], pids=meta["pids"], camids=meta["camids"], valid=valid)
+  # Without skip_corrupt every clip is valid (the reader raises otherwise): no branch.
+  out = tf.cond(arrays["valid"], real, dummy) if data.skip_corrupt else real()
+  out.update(labels=meta["labels"], pids=meta["pids"], camids=meta["camids"])
+  if data.skip_corrupt:
+    out["valid"] = arrays["valid"]
   return out
 
 
@@ -336,16 +275,6 @@ def _parallel_calls() -> int:
   except AttributeError:  # not on Linux
     cpus = os.cpu_count() or 1
   return max(cpus, 1) + 1
-
-
-def _read_records(elements: tf.data.Dataset, read) -> tf.data.Dataset:
-  """`read` (element -> dataset of one record) over `elements`, in order.
-
-  The records are read one after the other by the decoding map's input thread: from the
-  page cache a record costs a small fraction of a clip's decoding, and on a few cores a
-  parallel interleave costs more in thread hand-offs than it saves.
-  """
-  return elements.flat_map(_plain(read))
 
 
 # ------------------------------------------------------------------------ training
@@ -451,22 +380,21 @@ def _train_dataset(index: reader.TrackletIndex, data, seed: int,
       out["plan"] = augment.plan_clips(params, spec).as_dict()
     return out
 
-  def read(element):
-    """The clip's record (b"" when unreadable), with the clip's draws."""
-    return _read_raw(tables, element["row"], element)
+  records = _record_reader(index, data)
 
-  def clip(record, element):
-    meta = element["meta"]
-    arrays = _parse(record, data, meta["tracklet_id"], meta["num_frames"])
+  def read(group):
+    """The streams of a group of clips, read in one call (reader.RecordReader)."""
+    group = dict(group)
+    group["arrays"] = _read_clips(records, data, group.pop("row"), group.pop("frame_index"))
+    return group
+
+  def clip(element):
     plan = augment.ClipPlan.from_dict(element["plan"]) if "plan" in element else None
-    out = _decode(arrays, element["frame_index"], meta, element["params"], plan,
-                  tf.constant(True), data, spec)
-    if not data.skip_corrupt:
-      out.pop("valid")  # always true past _decode's check
-    return out
+    return _decode(element["arrays"], element["meta"], element["params"], plan, data, spec)
 
   ds = tf.data.Dataset.counter().flat_map(_plain(epoch))
-  ds = _read_records(ds, read)
+  # Records are read a per-replica batch at a time, ahead of the decoding.
+  ds = ds.batch(p_replica * k, drop_remainder=True).map(_plain(read)).prefetch(1).unbatch()
   ds = ds.map(_plain(clip), num_parallel_calls=_parallel_calls(), deterministic=True)
   if data.skip_corrupt:
     ds = ds.batch(k, drop_remainder=True)
@@ -550,27 +478,25 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
   spec = _clip_spec(data, index, training=False)
   sampler, t = data.test_sampler, data.seq_len
 
+  records = _record_reader(index, data)
+
   def read(position):
     row = tf.cast(position, tf.int32)
-    return _read_raw(tables, row, row)
+    return _read_tracklet(records, data, row), row
 
-  def parse(record, row):
+  def split_clips(arrays, row):
     meta = _meta(tables, row)
-    return _parse(record, data, meta["tracklet_id"], meta["num_frames"]), row, meta
+    clip_index = samplers.test_clips(sampler, tf.gather(tables.num_frames, row), t)
 
-  def split_clips(arrays, row, meta):
-    clip_index = samplers.test_clips(sampler, meta["num_frames"], t)
+    def one(frame_index):
+      clip = {key: tf.gather(v, frame_index) for key, v in arrays.items() if key != "valid"}
+      clip["valid"] = arrays["valid"]
+      return {"arrays": clip, "row": row, "meta": meta}
 
-    def one(clip_number, frame_index):
-      element = dict(_pick(arrays, frame_index, data))
-      element.update(row=row, first=clip_number == 0, meta=meta)
-      return element
+    return tf.data.Dataset.from_tensor_slices(clip_index).map(_plain(one))
 
-    return tf.data.Dataset.from_tensor_slices(
-        (tf.range(tf.shape(clip_index)[0]), clip_index)).map(_plain(one))
-
-  ds = _read_records(tf.data.Dataset.range(len(index)), read)
-  ds = ds.map(_plain(parse), num_parallel_calls=2, deterministic=True)
+  ds = tf.data.Dataset.range(len(index)).map(_plain(read), num_parallel_calls=2,
+                                             deterministic=True)
   ds = ds.flat_map(_plain(split_clips))
 
   # Test clips are not augmented: one set of parameters (and plan) for all of them.
@@ -578,8 +504,7 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
   plan = augment.plan_clips(params, spec) if spec.static_size is not None else None
 
   def decode(el):
-    arrays = {key: v for key, v in el.items() if key not in ("row", "first", "meta")}
-    out = _decode(arrays, None, el["meta"], params, plan, el["first"], data, spec)
+    out = _decode(el["arrays"], el["meta"], params, plan, data, spec)
     out["index"] = el["row"]
     return out
 
@@ -587,5 +512,6 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
   if data.skip_corrupt:
     ds = ds.filter(_plain(lambda el: el["valid"]))
   ds = ds.batch(data.test_batch_size)
-  ds = ds.map(_plain(_drop_valid))
+  if data.skip_corrupt:
+    ds = ds.map(_plain(_drop_valid))
   return ds.with_options(_options()).prefetch(_PREFETCH)
