@@ -168,3 +168,98 @@ def test_missing_stream_says_which_converter_flag(dataset):
   index.manifest = no_flow
   with pytest.raises(reader.DatasetError, match="--optical_flow"):
     reader.check_streams(index, use_flow=True, use_keypoints=False)
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("reader") / "streams")
+  manifest = data_fixtures.write_tiny_dataset(
+      path, num_ids=2, tracklets_per_id=2, num_frames=(3, 6), height=16, width=8,
+      with_flow=True, with_keypoints=True, frame_format="jpeg", content="code",
+      shards_per_group=2)
+  return path, manifest
+
+
+def test_record_reader_returns_the_records_streams(streams):
+  data_dir, manifest = streams
+  index = reader.load_partition(data_dir, "train")
+  records = all_records(data_dir, manifest)
+  source = reader.RecordReader(index, use_flow=True, use_keypoints=True)
+  for row, tid in enumerate(index.tracklet_ids):
+    feature_of = records[int(tid)][1].features.feature
+    frames = list(feature_of[schema.FRAMES].bytes_list.value)
+    flow = list(feature_of[schema.FLOW].bytes_list.value)
+    joints = np.reshape(feature_of[schema.KEYPOINTS].float_list.value, [-1, 14, 3])
+    present = list(feature_of[schema.KEYPOINTS_PRESENT].int64_list.value)
+    arrays, valid = source.tracklet(row)
+    assert valid and arrays.frames.tolist() == frames and arrays.flow.tolist() == flow
+    np.testing.assert_array_equal(arrays.keypoints, joints)
+    assert arrays.keypoints.dtype == np.float32 and arrays.present.tolist() == present
+    # Clips: the frames asked for, in the order asked (repeats allowed).
+    pick = [len(frames) - 1, 0, 0, 1]
+    (clip,), valid = source.clips([row], [pick])
+    assert valid.tolist() == [True]
+    assert clip.frames.tolist() == [frames[i] for i in pick]
+    assert clip.flow.tolist() == [flow[i] for i in pick]
+    np.testing.assert_array_equal(clip.keypoints, joints[pick])
+    assert clip.present.tolist() == [present[i] for i in pick]
+  # Streams not asked for are not converted.
+  arrays, _ = reader.RecordReader(index).tracklet(0)
+  assert arrays.flow is None and arrays.keypoints is None and arrays.present is None
+
+
+def _flip_byte(path, offset):
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    byte = f.read(1)
+    f.seek(offset)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("data", "its data fails its checksum"),
+    ("length", "its length fails its checksum"),
+    ("truncate", "truncated"),
+    ("delete", "the shard cannot be opened"),
+    ("other_tracklet", "where the index expects tracklet"),
+])
+def test_record_reader_names_the_record_and_what_is_wrong(streams, tmp_path, damage, reason):
+  data_dir, _ = streams
+  copy = str(tmp_path / "copy")
+  copy_dataset(data_dir, copy)
+  index = reader.load_partition(copy, "train")
+  row = 1
+  path, offset = index.shard_files[index.shard_index[row]], int(index.offsets[row])
+  tid = int(index.tracklet_ids[row])
+  if damage == "data":
+    _flip_byte(path, offset + 12 + int(index.lengths[row]) // 2)
+  elif damage == "length":
+    _flip_byte(path, offset + 1)
+  elif damage == "truncate":
+    os.truncate(path, offset + 12 + int(index.lengths[row]) - 5)
+  elif damage == "delete":
+    os.remove(path)
+  else:  # the index says another tracklet lives there
+    index.tracklet_ids = index.tracklet_ids.copy()
+    index.tracklet_ids[row] = tid = 999
+  with pytest.raises(reader.DatasetError) as error:
+    reader.RecordReader(index, use_flow=True).tracklet(row)
+  message = str(error.value)
+  for part in (f"shard {path}", f"byte offset {offset}", f"tracklet id {tid}", reason,
+               "data.skip_corrupt=true"):
+    assert part in message, (part, message)
+  # Skipped: reported once per read, with placeholders of the asked-for length.
+  skipped = []
+  source = reader.RecordReader(index, use_flow=True, use_keypoints=True, skip_corrupt=True,
+                               on_skip=lambda *args: skipped.append(args))
+  arrays, valid = source.tracklet(row)
+  assert not valid and arrays.frames.tolist() == [b""] * int(index.num_frames[row])
+  assert arrays.flow.tolist() == [b""] * int(index.num_frames[row])
+  assert arrays.keypoints.shape == (int(index.num_frames[row]), 14, 3)
+  assert not arrays.keypoints.any() and not arrays.present.any()
+  # A record of another shard in the same call is unaffected.
+  other = int(np.flatnonzero(index.shard_index != index.shard_index[row])[0])
+  clips, valid = source.clips([other, row], [[0, 0], [1, 0]])
+  assert valid.tolist() == [True, False] and clips[1].frames.tolist() == [b"", b""]
+  assert clips[0].frames[0] != b""
+  assert skipped == [(path, offset, tid, skipped[0][3])] * 2 and reason in skipped[0][3]
