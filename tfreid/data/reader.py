@@ -48,7 +48,7 @@ _PRESENCE = (schema.FLOW, schema.KEYPOINTS)
 
 def crc32c(data: bytes) -> int:
   """CRC-32C (Castagnoli), as TFRecord framing uses (hardware-accelerated google_crc32c)."""
-  return google_crc32c.value(bytes(data))
+  return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -523,20 +523,23 @@ class RecordReader:
       except OSError as e:
         raise UnreadableRecord(f"the shard cannot be opened ({e.strerror})") from None
     try:
-      buf = os.pread(fd, 12 + length + 4, offset)
+      # Three reads, so that no part is sliced out of a bigger buffer (a copy).
+      header = os.pread(fd, 12, offset)
+      payload = os.pread(fd, length, offset + 12) if len(header) == 12 else b""
+      footer = os.pread(fd, 4, offset + 12 + length) if len(payload) == length else b""
     except OSError as e:
       raise UnreadableRecord(f"the shard cannot be read ({e.strerror})") from None
-    if len(buf) < 12 + length + 4:
-      raise UnreadableRecord(f"the shard ends {12 + length + 4 - len(buf)} bytes before the "
-                             "end of the record (truncated)")
-    stored_length, length_crc = struct.unpack_from("<QI", buf)
-    if masked_crc32c(buf[:8]) != length_crc:
+    got = len(header) + len(payload) + len(footer)
+    if got < 12 + length + 4:
+      raise UnreadableRecord(f"the shard ends {12 + length + 4 - got} bytes before the end "
+                             "of the record (truncated)")
+    stored_length, length_crc = struct.unpack("<QI", header)
+    if masked_crc32c(header[:8]) != length_crc:
       raise UnreadableRecord("its length fails its checksum")
     if stored_length != length:
       raise UnreadableRecord(f"its length is {stored_length} bytes where the shard scan "
                              f"found {length} (the shard changed after indexing)")
-    payload = buf[12:12 + length]
-    if masked_crc32c(payload) != struct.unpack_from("<I", buf, 12 + length)[0]:
+    if masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
       raise UnreadableRecord("its data fails its checksum")
     return payload
 
