@@ -3,9 +3,9 @@
 A converted dataset (tfreid/data/schema.py) is TFRecord shards of one `tf.train.Example`
 per tracklet plus `manifest.json`. `load_partition` returns a `TrackletIndex`: the
 metadata of every tracklet of one partition (pids, cameras, lengths, labels) and the
-shard file and byte offset of its record, which the pipelines use for random access
-(pipeline.py reads one record at a time with TFRecordDatasetV2's byte offsets, so the
-record's checksums are still verified).
+shard file and byte offset of its record, which the pipelines use for random access:
+`RecordReader` reads a record at its offset, verifies both of its CRC-32Cs and checks it
+is the tracklet the index expects (pipeline.py calls it from tf.data).
 
 The index is built by scanning the shards whose group can hold the partition ("train" and
 "all" for the train partition, "test" and "all" for the others): for each record the
