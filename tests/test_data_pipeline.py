@@ -237,6 +237,12 @@ def test_corrupt_record_names_the_shard_or_is_skipped(tmp_path):
   # Training: K = every tracklet of an identity, so the bad one is drawn each epoch; its
   # identity is left out of that epoch, the batches stay whole identities.
   train_shard, bad_train = corrupt_record(path, "train", 0)
+  strict = data_config(path, num_identities=1)
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    take(pipeline.make_train_dataset(strict, seed=0), 3)
+  assert all(part in str(error.value) for part in (
+      f"shard {train_shard}", f"tracklet id {bad_train}", "fails its checksum",
+      "skip_corrupt"))
   skip.num_identities = 1
   before = len(pipeline.skipped_records())
   batches = take(pipeline.make_train_dataset(skip, seed=0), 3)

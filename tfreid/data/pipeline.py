@@ -70,6 +70,7 @@ DatasetError = schema.DatasetError
 _PREFETCH = 2
 
 _SKIPPED: list[tuple[str, int, int]] = []
+_SKIPPED_LOGGED: set = set()
 _SKIPPED_LOCK = threading.Lock()
 _LOGGED: set = set()
 
@@ -81,10 +82,16 @@ def skipped_records() -> list[tuple[str, int, int]]:
 
 
 def _note_skipped(path: str, offset: int, tracklet_id: int, reason: str) -> None:
+  """Counts a skipped read; logs a record the first time (training draws it again)."""
+  key = (path, offset, tracklet_id)
   with _SKIPPED_LOCK:
-    _SKIPPED.append((path, offset, tracklet_id))
-  logging.warning("skipping the record of tracklet %d in shard %s at byte %d: %s "
-                  "(data.skip_corrupt).", tracklet_id, path, offset, reason)
+    first = key not in _SKIPPED_LOGGED
+    _SKIPPED_LOGGED.add(key)
+    _SKIPPED.append(key)
+  if first:
+    logging.warning("skipping the record of tracklet %d in shard %s at byte %d: %s "
+                    "(data.skip_corrupt; logged once, counted in skipped_records()).",
+                    tracklet_id, path, offset, reason)
 
 
 def _plain(fn):
