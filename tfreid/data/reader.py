@@ -479,7 +479,7 @@ class TrackletArrays:
 class RecordReader:
   """Random access to the records of a TrackletIndex, checked; safe to call from threads.
 
-  `tracklet(row)` reads the record of the index's row `row` with one positioned read of its
+  `tracklet(row)` reads the record of the index's row `row` with positioned reads of its
   framing (length, length CRC, payload, payload CRC) at its byte offset, verifies both
   masked CRC-32Cs as TFRecord readers do, parses the tf.train.Example and checks that it is
   the tracklet the index expects: same tracklet id and frame count, and every requested
@@ -492,9 +492,9 @@ class RecordReader:
   with `valid` False.
 
   The pipelines (pipeline.py) call this through `tf.numpy_function`, for many clips per
-  call: a positioned read, two hardware CRCs and a protobuf parse cost tens of
-  microseconds per record, about a third of what a TFRecord dataset made per record costs
-  in tf.data (benchmarks/input_pipeline.py).
+  call: positioned reads, two hardware CRCs and a protobuf parse cost about 0.1 ms for a
+  40-frame record, a quarter of what a TFRecord dataset made per record costs in tf.data
+  (benchmarks/input_pipeline.py).
   """
 
   def __init__(self, index: TrackletIndex, use_flow: bool = False,
