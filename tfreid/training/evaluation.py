@@ -223,9 +223,11 @@ def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
   })
   record.update(extra or {})
   _write_json(os.path.join(out_dir, "metrics.json"), record)
-  row = {"experiment": config.experiment, "protocol": record["protocol"],
-         "rank-1": summary["rank1"], "rank-5": summary["rank5"], "rank-10": summary["rank10"],
-         "rank-20": summary["rank20"], "mAP": summary["mAP"]}
+  # In %, one decimal, as the console summary and the split reports (metrics.json keeps
+  # the fractions at full precision).
+  row = {"experiment": config.experiment, "protocol": record["protocol"]}
+  row.update({name: 100 * float(summary[key]) for name, key in zip(
+      ("rank-1", "rank-5", "rank-10", "rank-20", "mAP"), SUMMARY_KEYS)})
   title = f"{config.experiment} at step {checkpoint_step}"
   tested = record.get("tested_on")
   if tested:
@@ -233,7 +235,8 @@ def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
   trained = record.get("trained_on")
   if trained and record.get("cross_dataset"):
     title += f" (trained on {trained['dataset']} split {trained['split']})"
-  report.write_markdown_table(os.path.join(out_dir, "metrics.md"), [row], title=title)
+  report.write_markdown_table(os.path.join(out_dir, "metrics.md"), [row], title=title,
+                              float_format="{:.1f}")
   report.plot_cmc(os.path.join(out_dir, "cmc.png"), {record["protocol"]: result["cmc"]})
   images = rank_list_images(config, evaluation, config.eval.num_rank_lists)
   rank_dir = os.path.join(out_dir, "rank_lists")
