@@ -9,8 +9,7 @@ averaged per tracklet), evaluates, and writes metrics.json (rank1, rank5, rank10
 mAP as fractions, protocol, checkpoint_step, plus trained_on / tested_on), metrics.md (in %,
 one decimal, as printed), cmc.png and rank-list PNGs (rank_lists/: a query's frames beside
 its top-10 gallery tracklets, green border = true match, red = wrong), and the same to
-TensorBoard (event file
-in the report directory).
+TensorBoard (event file in the report directory).
 
 The model is rebuilt from DIR/config.yaml with `model.backbone.init=none` (the checkpoint
 overwrites every weight, so no pretrained weight file is read) and every model variable
