@@ -242,8 +242,10 @@ def test_record_reader_names_the_record_and_what_is_wrong(streams, tmp_path, dam
   else:  # the index says another tracklet lives there
     index.tracklet_ids = index.tracklet_ids.copy()
     index.tracklet_ids[row] = tid = 999
+  open_files = len(os.listdir("/proc/self/fd"))
   with pytest.raises(reader.DatasetError) as error:
     reader.RecordReader(index, use_flow=True).tracklet(row)
+  assert len(os.listdir("/proc/self/fd")) == open_files  # the shard was closed
   message = str(error.value)
   for part in (f"shard {path}", f"byte offset {offset}", f"tracklet id {tid}", reason,
                "data.skip_corrupt=true"):

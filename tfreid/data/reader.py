@@ -21,6 +21,7 @@ Order: the tracklets of a `TrackletIndex` are in the order of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import struct
@@ -609,24 +610,28 @@ class RecordReader:
 
   def tracklet(self, row: int) -> tuple[TrackletArrays, bool]:
     """(every frame of the record of `row`, valid)."""
-    files: dict = {}
-    try:
+    with _open_shards() as files:
       return self._read(int(row), files)
-    finally:
-      for fd in files.values():
-        os.close(fd)
 
   def clips(self, rows, frame_index) -> tuple[list[TrackletArrays], np.ndarray]:
     """(the frames frame_index[i] of the record of rows[i], for each i; valid [len(rows)]).
 
     Each shard is opened once per call."""
-    files: dict = {}
     out, valid = [], np.zeros([len(rows)], bool)
-    try:
+    with _open_shards() as files:
       for i, row in enumerate(rows):
         arrays, valid[i] = self._read(int(row), files, [int(t) for t in frame_index[i]])
         out.append(arrays)
-    finally:
-      for fd in files.values():
-        os.close(fd)
     return out, valid
+
+
+@contextlib.contextmanager
+def _open_shards():
+  """A dict for RecordReader._payload to keep the shards it opens (path -> descriptor),
+  closed on exit."""
+  files: dict = {}
+  try:
+    yield files
+  finally:
+    for fd in files.values():
+      os.close(fd)
