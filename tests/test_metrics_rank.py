@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tfreid.metrics import aggregate_splits, evaluate_rank, summarize
+from tfreid.metrics import rank as rank_module
 
 # ---------------------------------------------------------------- hand-computed 3 x 6 case
 # gallery:   g0      g1      g2      g3          g4        g5
@@ -170,6 +171,149 @@ def test_ties_follow_gallery_order():
   assert result["mAP"] == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
+# ----------------------------------- MARS-like cases against the protocols' definitions
+
+
+def _brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank, protocol):
+  """Both protocols from their definitions, without any sort: a kept item is ranked before
+  a true match when it is closer, or exactly as close with a lower gallery index."""
+  max_rank = min(max_rank, dist.shape[1])
+  curves, aps, num_valid = [], [], 0
+  for i in range(dist.shape[0]):
+    same_pid = g_pids == q_pids[i]
+    junk = same_pid & (g_cams == q_cams[i])
+    if protocol == "mars_matlab":
+      junk = junk | (g_pids == -1)
+    kept = np.flatnonzero(~junk)
+    ranks = sorted(
+        1 + sum(1 for k in kept
+                if dist[i, k] < dist[i, j] or (dist[i, k] == dist[i, j] and k < j))
+        for j in np.flatnonzero(same_pid & ~junk))
+    if not ranks:
+      if protocol == "mars_matlab":  # counted, as CMC 0 and AP 0
+        curves.append(np.zeros(max_rank))
+        aps.append(0.0)
+      continue
+    num_valid += 1
+    curves.append((np.arange(1, max_rank + 1) >= ranks[0]).astype(float))
+    if protocol == "torchreid":
+      aps.append(sum(hit / rank for hit, rank in enumerate(ranks, 1)) / len(ranks))
+    else:  # trapezoid over the non-junk positions; the precision one position earlier
+      aps.append(sum((1 / len(ranks)) * ((1.0 if rank == 1 else (hit - 1) / (rank - 1))
+                                         + hit / rank) / 2
+                     for hit, rank in enumerate(ranks, 1)))
+  return np.mean(curves, axis=0), float(np.mean(aps)), num_valid
+
+
+def _mars_like_case(seed, ties, dtype):
+  """Identities over several cameras with several tracklets each, distractors (pid 0), junk
+  (pid -1), queries taken from the gallery (as in the MATLAB protocol's gallery, where a
+  query is at distance 0 from itself), and queries without any valid match: their pid
+  is absent, or present only in their own camera (or only as junk)."""
+  rng = np.random.default_rng(seed)
+  num_g = int(rng.integers(40, 90))
+  num_ids = int(rng.integers(3, 10))
+  g_pids = rng.choice(np.arange(-1, num_ids + 1), num_g,
+                      p=np.r_[.1, .15, np.full(num_ids, .75 / num_ids)])
+  g_cams = rng.integers(0, 4, num_g)
+  from_gallery = rng.choice(num_g, int(rng.integers(5, 15)), replace=False)
+  q_pids = np.r_[g_pids[from_gallery], num_ids + 1, -1, 0]
+  q_cams = np.r_[g_cams[from_gallery], 0, 1, 2]
+  # Same pid and camera only: no true match under either protocol.
+  g_pids[-1], g_cams[-1] = num_ids + 2, 3
+  q_pids, q_cams = np.r_[q_pids, num_ids + 2], np.r_[q_cams, 3]
+  if ties:
+    dist = rng.integers(0, 3, (q_pids.size, num_g)).astype(dtype)
+  else:
+    dist = rng.random((q_pids.size, num_g)).astype(dtype)
+  dist[np.arange(from_gallery.size), from_gallery] = 0
+  return dist, q_pids, g_pids, q_cams, g_cams
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "mars_matlab"])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(6))
+def test_mars_like_cases_match_the_definitions(seed, dtype, ties, protocol):
+  dist, q_pids, g_pids, q_cams, g_cams = _mars_like_case(seed, ties, dtype)
+  max_rank = 5 + 7 * seed
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    cmc, mean_ap, num_valid = _brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank,
+                                           protocol)
+    for block_size, num_threads in [(1000, 1), (3, 1), (4, 2), (1, 3)]:
+      got = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank, protocol,
+                          block_size=block_size, num_threads=num_threads)
+      np.testing.assert_allclose(got["cmc"], cmc, atol=1e-12)
+      assert got["mAP"] == pytest.approx(mean_ap, abs=1e-12)
+      assert got["num_valid_queries"] == num_valid
+  # The sort-based per-query loops above agree with the definitions too.
+  loop = _torchreid_loop if protocol == "torchreid" else _matlab_loop
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    loop_cmc, loop_map = loop(dist, q_pids, g_pids, q_cams, g_cams, max_rank)[:2]
+  np.testing.assert_allclose(loop_cmc, cmc, atol=1e-12)
+  assert loop_map == pytest.approx(mean_ap, abs=1e-12)
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "mars_matlab"])
+def test_ties_counted_in_small_chunks(monkeypatch, protocol):
+  # Every row full of exact ties, counted a few gallery rows at a time.
+  monkeypatch.setattr(rank_module, "_CHUNK_ELEMENTS", 50)
+  dist, q_pids, g_pids, q_cams, g_cams = _mars_like_case(11, True, np.float64)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    cmc, mean_ap, _ = _brute_force(dist, q_pids, g_pids, q_cams, g_cams, 20, protocol)
+    got = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, 20, protocol, block_size=5)
+  np.testing.assert_allclose(got["cmc"], cmc, atol=1e-12)
+  assert got["mAP"] == pytest.approx(mean_ap, abs=1e-12)
+
+
+def test_tie_between_a_match_and_junk_or_an_other_identity():
+  # q0 (pid 1, cam 0): g0 pid 2, g1 pid 1 cam 0 (junk), g2 pid 1 cam 1, g3 pid -1, g4 pid 1
+  # cam 2; all at distance 1 except g4 at 0.5.
+  g_pids = np.array([2, 1, 1, -1, 1])
+  g_cams = np.array([0, 0, 1, 0, 2])
+  dist = np.array([[1.0, 1.0, 1.0, 1.0, 0.5]], np.float32)
+  # torchreid: kept order g4 v, g0 x, g2 v, g3 x -> ranks 1, 3; AP = (1 + 2/3) / 2.
+  result = evaluate_rank(dist, [1], g_pids, [0], g_cams, max_rank=4)
+  np.testing.assert_allclose(result["cmc"], [1, 1, 1, 1])
+  assert result["mAP"] == pytest.approx((1 + 2 / 3) / 2)
+  # mars_matlab: g1 and g3 junk -> g4 v (rank 1), g0 x, g2 v (rank 3):
+  # AP = 1/2 * (1 + 1) / 2 + 1/2 * (1/2 + 2/3) / 2.
+  result = evaluate_rank(dist, [1], g_pids, [0], g_cams, max_rank=4, protocol="mars_matlab")
+  assert result["mAP"] == pytest.approx(0.5 + (0.5 + 2 / 3) / 4)
+  # The tied other identity g0 placed after g2 (higher index) would give rank 2 instead.
+  reordered = evaluate_rank(dist[:, [2, 1, 0, 3, 4]], [1], g_pids[[2, 1, 0, 3, 4]], [0],
+                            g_cams[[2, 1, 0, 3, 4]], max_rank=4)
+  assert reordered["mAP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "mars_matlab"])
+def test_thread_and_block_settings_give_identical_results(protocol):
+  rng = np.random.default_rng(5)
+  num_q, num_g = 300, 700
+  g_pids = rng.integers(-1, 60, num_g)
+  g_cams = rng.integers(0, 6, num_g)
+  q_pids, q_cams = rng.integers(0, 60, num_q), rng.integers(0, 6, num_q)
+  dist = rng.random((num_q, num_g)).astype(np.float32)
+  dist[:, ::7] = np.round(dist[:, ::7], 2)  # some exact ties
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    results = [evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, 50, protocol,
+                             block_size=b, num_threads=t)
+               for b, t in [(256, 1), (64, 2), (7, 4), (1000, 2)]]
+  for other in results[1:]:
+    np.testing.assert_array_equal(other["cmc"], results[0]["cmc"])
+    assert other["mAP"] == results[0]["mAP"]
+
+
+def test_all_gallery_items_junk_under_mars_matlab():
+  with pytest.raises(ValueError, match="No query has a true match"):
+    evaluate_rank(np.ones((2, 3)), [1, 2], [-1, -1, -1], [0, 1], [1, 1, 0], max_rank=3,
+                  protocol="mars_matlab")
+
+
 # ------------------------------------------------------------------------------ errors
 
 
@@ -178,6 +322,8 @@ def test_ties_follow_gallery_order():
     (dict(g_camids=[0, 1, 1]), "g_camids has 3 entries but distmat has 6 gallery"),
     (dict(protocol="market"), "Unknown evaluation protocol 'market'"),
     (dict(max_rank=0), "max_rank must be a positive integer"),
+    (dict(num_threads=0), "num_threads must be a positive integer"),
+    (dict(block_size=0), "block_size must be a positive integer"),
     (dict(distmat=np.ones(6)), "distmat must be 2-D"),
     (dict(distmat=np.zeros((3, 0)), g_pids=[], g_camids=[]), "gallery is empty"),
     (dict(distmat=np.zeros((0, 6)), q_pids=[], q_camids=[]), "no query rows"),
@@ -196,6 +342,18 @@ def test_non_finite_distances_raise(bad):
   dist[2, 4] = bad
   with pytest.raises(ValueError, match=r"NaN or Inf .*query 2, gallery 4"):
     evaluate_rank(dist, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=6)
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "mars_matlab"])
+@pytest.mark.parametrize("where", [(0, 1), (2, 3), (2, 4)])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_distances_raise_in_every_block(protocol, where, bad):
+  # Column 4 is junk (pid -1): under mars_matlab it takes no rank but is still checked.
+  dist = DIST.astype(np.float32)
+  dist[where] = bad
+  with pytest.raises(ValueError, match=rf"1 NaN or Inf .*query {where[0]}, gallery {where[1]}"):
+    evaluate_rank(dist, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=6, protocol=protocol,
+                  block_size=1, num_threads=2)
 
 
 @pytest.mark.parametrize("protocol", ["torchreid", "mars_matlab"])
