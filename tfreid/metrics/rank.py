@@ -53,11 +53,11 @@ No row is argsorted. Only the ranks of the true matches matter, and the rank of 
 match among its query's kept items is one plus the number of kept items ranked before it:
 
 * the items at a strictly smaller distance, found by a binary search for its distance in
-  the row sorted by value (``np.sort``, several times faster than an argsort); the sorted
-  row holds every item that can take a rank: the whole gallery under ``torchreid``, all but
-  the pid -1 items under ``mars_matlab``;
-* plus, only when its distance occurs more than once in that row, the items at exactly
-  that distance with a lower gallery index (counted directly);
+  the row sorted by value (``np.sort``, several times faster than an argsort); under
+  ``mars_matlab`` the pid -1 items among them (which take no rank) are found the same way
+  in a sorted copy of their columns and subtracted;
+* plus, only when its distance occurs more than once in its row, the items that take a
+  rank at exactly that distance with a lower gallery index (counted directly);
 * minus the junk of its own query (same pid and camera) counted in the two terms above: the
   gallery items of the query's identity are few, and ordered by (distance, gallery index)
   they give this count and each true match's hit number.
@@ -139,26 +139,26 @@ def _non_finite_error(dist: np.ndarray) -> ValueError:
 
 
 class _Gallery(NamedTuple):
-  """The gallery's ids, its columns grouped by pid, and which columns are ranked."""
+  """The gallery's ids, its columns grouped by pid, and which columns take a rank."""
   pids: np.ndarray
   camids: np.ndarray
   by_pid: np.ndarray       # columns sorted by pid, ascending columns within a pid
   group_pids: np.ndarray   # the distinct pids, ascending
   group_start: np.ndarray  # where each pid's columns start in by_pid
   group_size: np.ndarray
-  ranked: np.ndarray | None   # columns that take ranks (None: all of them)
-  dropped: np.ndarray         # columns that never take a rank (mars_matlab: pid -1)
+  takes_rank: np.ndarray | None  # bool per column (None: every column takes a rank)
+  dropped: np.ndarray            # columns that never take a rank (mars_matlab: pid -1)
 
 
 def _gallery(g_pids: np.ndarray, g_camids: np.ndarray, protocol: str) -> _Gallery:
   by_pid = np.argsort(g_pids, kind="stable")
   group_pids, group_start, group_size = np.unique(g_pids[by_pid], return_index=True,
                                                   return_counts=True)
-  ranked, dropped = None, np.zeros(0, np.int64)
+  takes_rank, dropped = None, np.zeros(0, np.int64)
   if protocol == "mars_matlab" and (g_pids == JUNK_PID).any():
-    ranked = np.flatnonzero(g_pids != JUNK_PID)
-    dropped = np.flatnonzero(g_pids == JUNK_PID)
-  return _Gallery(g_pids, g_camids, by_pid, group_pids, group_start, group_size, ranked,
+    takes_rank = g_pids != JUNK_PID
+    dropped = np.flatnonzero(~takes_rank)
+  return _Gallery(g_pids, g_camids, by_pid, group_pids, group_start, group_size, takes_rank,
                   dropped)
 
 
@@ -195,22 +195,18 @@ def _count_smaller(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray
 
 def _equal_before(block: np.ndarray, gallery: _Gallery, rows: np.ndarray, cols: np.ndarray,
                   values: np.ndarray) -> np.ndarray:
-  """For each (row, col, value): ranked items of the row at exactly `value` with a gallery
-  index below `col`."""
+  """For each (row, col, value): items of the row that take a rank, at exactly `value`, with
+  a gallery index below `col`."""
   num_g = block.shape[1]
   positions = np.arange(num_g)
-  ranked = None
-  if gallery.ranked is not None:
-    ranked = np.zeros(num_g, bool)
-    ranked[gallery.ranked] = True
   out = np.empty(rows.size, np.int64)
   step = max(1, _CHUNK_ELEMENTS // num_g)
   for start in range(0, rows.size, step):
     stop = start + step
     equal = block[rows[start:stop]] == values[start:stop, None]
     equal &= positions < cols[start:stop, None]
-    if ranked is not None:
-      equal &= ranked
+    if gallery.takes_rank is not None:
+      equal &= gallery.takes_rank
     out[start:stop] = np.count_nonzero(equal, axis=1)
   return out
 
@@ -223,16 +219,14 @@ def _rank_block(block: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray,
   none), (ap [b] float64), (num_good [b] int64).
   """
   num_q = block.shape[0]
-  if gallery.ranked is None:
-    sorted_rows = np.sort(block, axis=1)
-  else:
-    sorted_rows = block[:, gallery.ranked]
-    sorted_rows.sort(axis=1)
+  sorted_rows = np.sort(block, axis=1)
+  # mars_matlab: the pid -1 items take no rank; they are counted apart and subtracted.
+  sorted_dropped = None
+  if gallery.dropped.size:
+    sorted_dropped = np.take(block, gallery.dropped, axis=1)  # C order (block[:, idx] is not)
+    sorted_dropped.sort(axis=1)
   # np.sort puts -inf first and +inf, NaN last: the ends of the rows tell whether all is finite.
-  if sorted_rows.shape[1] and not (np.isfinite(sorted_rows[:, 0]).all()
-                                   and np.isfinite(sorted_rows[:, -1]).all()):
-    raise _NonFinite()
-  if gallery.dropped.size and not np.isfinite(block[:, gallery.dropped]).all():
+  if not (np.isfinite(sorted_rows[:, 0]).all() and np.isfinite(sorted_rows[:, -1]).all()):
     raise _NonFinite()
 
   # The gallery items of each query's identity, in ranking order: by distance, then gallery
@@ -257,11 +251,14 @@ def _rank_block(block: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray,
   rows, cols, values = rows[is_good], cols[is_good], values[is_good]
   junk_before, hit = junk_before[is_good], hits[is_good].astype(np.float64)
   before = _count_smaller(sorted_rows, rows, values)
-  # Another ranked item at the same distance (the item itself sits at position `before`).
-  num_ranked = sorted_rows.shape[1]
-  after = np.minimum(before + 1, num_ranked - 1) if num_ranked else before
-  tied = np.flatnonzero((before + 1 < num_ranked)
-                        & (sorted_rows.reshape(-1)[rows * num_ranked + after] == values))
+  # Another item at the same distance (the item itself sits at position `before`): count the
+  # ranked ones with a lower gallery index.
+  num_g = sorted_rows.shape[1]
+  after = np.minimum(before + 1, num_g - 1)
+  tied = np.flatnonzero((before + 1 < num_g)
+                        & (sorted_rows.reshape(-1)[rows * num_g + after] == values))
+  if sorted_dropped is not None:
+    before -= _count_smaller(sorted_dropped, rows, values)
   if tied.size:
     before[tied] += _equal_before(block, gallery, rows[tied], cols[tied], values[tied])
   rank = (before - junk_before + 1).astype(np.float64)
