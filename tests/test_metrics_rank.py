@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tfreid.metrics import aggregate_splits, evaluate_rank, summarize
+from tfreid.metrics import aggregate_splits, compute_distance_matrix, evaluate_rank, summarize
 from tfreid.metrics import rank as rank_module
 
 # ---------------------------------------------------------------- hand-computed 3 x 6 case
@@ -418,3 +418,38 @@ def test_aggregate_accepts_summaries_and_rejects_bad_input():
     aggregate_splits([])
   with pytest.raises(ValueError, match=r"Split 1 lacks \['rank20'\]"):
     aggregate_splits([summaries[0], {"rank1": 1, "rank5": 1, "rank10": 1, "mAP": 1}])
+
+
+# ------------------------------------------------ features -> distances -> metrics, blocked
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "mars_matlab"])
+def test_distances_on_disk_evaluate_like_in_memory(tmp_path, protocol):
+  # A matrix too large for memory lives in a file: it is filled tile by tile and ranked a
+  # block of queries at a time, with the same result as in memory.
+  rng = np.random.default_rng(2)
+  query, gallery = rng.standard_normal((37, 16)), rng.standard_normal((90, 16))
+  q_pids, g_pids = rng.integers(0, 9, 37), rng.integers(-1, 9, 90)
+  q_cams, g_cams = rng.integers(0, 3, 37), rng.integers(0, 3, 90)
+  in_memory = compute_distance_matrix(query, gallery, block_size=8, gallery_block_size=32)
+  on_disk = np.lib.format.open_memmap(str(tmp_path / "dist.npy"), mode="w+",
+                                      dtype=np.float32, shape=(37, 90))
+  filled = compute_distance_matrix(query, gallery, block_size=8, gallery_block_size=32,
+                                   out=on_disk)
+  assert filled is on_disk
+  on_disk.flush()
+  reopened = np.load(str(tmp_path / "dist.npy"), mmap_mode="r")
+  np.testing.assert_array_equal(reopened, in_memory)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    expected = evaluate_rank(in_memory, q_pids, g_pids, q_cams, g_cams, 20, protocol)
+    got = evaluate_rank(reopened, q_pids, g_pids, q_cams, g_cams, 20, protocol, block_size=5)
+  np.testing.assert_array_equal(got["cmc"], expected["cmc"])
+  assert got["mAP"] == expected["mAP"]
+
+
+def test_distance_output_array_is_checked():
+  with pytest.raises(ValueError, match=r"out must be a floating array of shape \(2, 3\)"):
+    compute_distance_matrix(np.ones((2, 4)), np.ones((3, 4)), out=np.empty((3, 2)))
+  with pytest.raises(ValueError, match="out must be a floating array"):
+    compute_distance_matrix(np.ones((2, 4)), np.ones((3, 4)), out=np.empty((2, 3), np.int32))

@@ -9,7 +9,9 @@ Built-in metrics, for features `q` [Q, D] and `g` [G, D]:
 The matrix is filled in [block_size x gallery_block_size] tiles; each tile is computed
 (in float64 by default) from copies of its rows only, so memory beyond the output stays
 bounded by the tile size however large the gallery is (a gallery 10x MARS needs no
-full-size float64 intermediate). The expansion ``|q|^2 + |g|^2 - 2 q.g`` can come out
+full-size float64 intermediate). The output itself can be a file-backed ``np.memmap``
+(`out=`) when the matrix is larger than memory; `evaluate_rank` reads such a matrix a block
+of queries at a time. The expansion ``|q|^2 + |g|^2 - 2 q.g`` can come out
 slightly negative for (near-)identical vectors; it is clipped at 0.
 
 Learned metrics (``metric="learned"``): a model with its own pairwise metric (STAL,
@@ -110,7 +112,8 @@ def _tile(metric: str, q: np.ndarray, g: np.ndarray, q_sq: np.ndarray, g_sq: np.
 def compute_distance_matrix(query_features, gallery_features, metric: str = "euclidean",
                             pairwise_fn: Callable[[Any, Any], Any] | None = None,
                             block_size: int = 2048, gallery_block_size: int | None = None,
-                            dtype=np.float32, compute_dtype=np.float64) -> np.ndarray:
+                            dtype=np.float32, compute_dtype=np.float64,
+                            out: np.ndarray | None = None) -> np.ndarray:
   """Distance between every query and every gallery tracklet (smaller = more similar).
 
   Args:
@@ -126,14 +129,18 @@ def compute_distance_matrix(query_features, gallery_features, metric: str = "euc
     compute_dtype: dtype the built-in metrics' tiles are computed in. float64 (default)
       keeps the expansion |q|^2 + |g|^2 - 2 q.g accurate to float32 output precision;
       float32 is about twice as fast on CPUs, with errors of order 1e-7 |q| |g|.
+    out: optional [Q, G] floating array to fill and return instead of a new one of `dtype`,
+      e.g. an ``np.memmap`` on disk when the matrix is larger than memory: tiles are written
+      one at a time, and `evaluate_rank` reads it a block of queries at a time.
 
   Returns:
-    [Q, G] numpy array of `dtype`.
+    [Q, G] numpy array of `dtype` (or `out`).
 
   Raises:
     ValueError: unknown metric, missing or unexpected `pairwise_fn`, mismatched feature
       sizes, NaN/Inf features or distances, zero-norm features with "cosine", an empty
-      query set or gallery, or a `pairwise_fn` result of the wrong shape.
+      query set or gallery, a `pairwise_fn` result of the wrong shape, or an `out` of the
+      wrong shape or dtype.
   """
   if metric not in METRICS:
     raise ValueError(f"Unknown distance metric {metric!r}: expected one of {METRICS}.")
@@ -157,11 +164,18 @@ def compute_distance_matrix(query_features, gallery_features, metric: str = "euc
   if num_g == 0:
     raise ValueError("gallery_features holds no tracklet: the gallery is empty.")
 
+  if out is None:
+    out = np.empty((num_q, num_g), dtype)
+  elif np.shape(out) != (num_q, num_g) or not np.issubdtype(out.dtype, np.floating):
+    raise ValueError(f"out must be a floating array of shape ({num_q}, {num_g}) = [num_query, "
+                     f"num_gallery], got {getattr(out, 'dtype', type(out))} of shape "
+                     f"{np.shape(out)}.")
+
   if metric == "learned":
     _check_finite("query_features", query_features)
     _check_finite("gallery_features", gallery_features)
     return _learned(query_features, gallery_features, pairwise_fn, num_q, num_g, block_size,
-                    gallery_block_size, dtype)
+                    gallery_block_size, out)
 
   query = _check_matrix("query_features", query_features)
   gallery = _check_matrix("gallery_features", gallery_features)
@@ -169,7 +183,6 @@ def compute_distance_matrix(query_features, gallery_features, metric: str = "euc
     raise ValueError(f"Query features have dimension {query.shape[1]} but gallery features "
                      f"have {gallery.shape[1]}: both must come from the same model.")
 
-  out = np.empty((num_q, num_g), dtype)
   g_sq_all = np.empty(num_g, compute_dtype)
   for g0 in range(0, num_g, gallery_block_size):
     g_rows = gallery[g0:g0 + gallery_block_size].astype(compute_dtype, copy=False)
@@ -200,9 +213,8 @@ def _check_nonzero_norm(name: str, squared_norms: np.ndarray, offset: int = 0) -
 
 
 def _learned(query, gallery, pairwise_fn, num_q, num_g, block_size, gallery_block_size,
-             dtype) -> np.ndarray:
-  """Fills the matrix with the model's own pairwise distance, tile by tile."""
-  out = np.empty((num_q, num_g), dtype)
+             out) -> np.ndarray:
+  """Fills `out` with the model's own pairwise distance, tile by tile."""
   for q0 in range(0, num_q, block_size):
     q1 = min(q0 + block_size, num_q)
     q_block = _slice(query, q0, q1)
