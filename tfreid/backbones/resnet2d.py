@@ -17,6 +17,10 @@ convolutions and no non-local blocks.
 
 With ``last_stride=2`` and the default widths it is exactly ``keras.applications.ResNet50``
 without its top (convolution biases folded into the BatchNorm moving means).
+
+``input_channels`` (frames other than RGB, e.g. 2-channel optical flow) and a stage range
+(``first_stage``, ``last_stage``) build a part of it under the same layer names, for networks
+that fuse two streams after a stage (a3d: RGB and flow summed after res2).
 """
 
 from __future__ import annotations
@@ -27,16 +31,32 @@ from tfreid.backbones import resnet3d
 
 
 def resnet2d(block_counts=(3, 4, 6, 3), base_width: int = 64, last_stride: int = 2,
-             name: str = "resnet2d") -> keras.Model:
-  """The 2-D ResNet as a functional Keras model.
+             name: str = "resnet2d", input_channels: int = 3, first_stage: str = "stem",
+             last_stage: str = "res5") -> keras.Model:
+  """The 2-D ResNet, or its stages `first_stage`..`last_stage`, as a functional Keras model.
 
-  Input: normalised frames [N, H, W, 3]. Output: the endpoints dict {"stem", "res2", "res3",
-  "res4", "res5"} of [N, h, w, c] feature maps (res5: ``resnet3d.output_channels(base_width)``
-  channels). Defaults: ResNet-50 as in keras.applications.
+  Input: normalised frames [N, H, W, input_channels], or, when the range starts after the
+  stem, the previous stage's endpoint [N, h, w, c] (``resnet3d.stage_input_channels``: 256 for
+  res3 at base_width 64). Output: the endpoints dict {"stem", "res2", "res3", "res4", "res5"}
+  (the stages of the range) of [N, h, w, c] feature maps (res5:
+  ``resnet3d.output_channels(base_width)`` channels). Defaults: ResNet-50 as in
+  keras.applications, whole, on RGB frames. Layer names do not depend on the range: a cut
+  network is the part of the full one in those stages, and 2-D weights load into it by name
+  (:func:`tfreid.backbones.weights.load_2d_weights`).
+
+  Example (a3d's two streams: flow frames through their own stem and res2, summed with the
+  RGB ones, then one shared res3..res5 trunk)::
+
+    rgb = resnet2d(last_stage="res2", name="rgb")
+    flow = resnet2d(input_channels=2, last_stage="res2", name="flow")
+    trunk = resnet2d(first_stage="res3", name="trunk")  # takes [N, h, w, 256]
+    maps = trunk(rgb(frames)["res2"] + flow(flow_frames)["res2"])["res5"]
   """
-  inputs = keras.Input(shape=(None, None, 3), name="frames")
+  inputs = resnet3d.backbone_input(False, first_stage, base_width, input_channels)
   endpoints = resnet3d.build_resnet(inputs, video=False, block_counts=block_counts,
-                                    base_width=base_width, last_stride=last_stride)
+                                    base_width=base_width, last_stride=last_stride,
+                                    input_channels=input_channels, first_stage=first_stage,
+                                    last_stage=last_stage)
   return keras.Model(inputs, endpoints, name=name)
 
 

@@ -51,6 +51,13 @@ frames folded into the batch, and a k_t x 1 x 1 convolution a (k_t, 1) Conv2D ov
 under XLA, and the spatial kernels keep the shapes of the 2-D network's (so inflation needs
 no reshaping). The 2-D ResNet-50 of :mod:`tfreid.backbones.resnet2d` is the same builder with
 ``video=False``.
+
+Stages and input channels: ``first_stage``/``last_stage`` (names in ``STAGES``: stem, res2,
+res3, res4, res5) build a part of the network, from the input of its first stage (frames of
+any ``input_channels``, or the previous stage's endpoint) to the endpoints of the stages in
+range, with the layer names of the full network. Two-stream models (a3d) run RGB and 2-channel
+optical-flow frames through their own stem and res2 and a shared res3..res5 trunk; see
+:func:`build_resnet`.
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ RESNET3D_50_SPECS = (
     ("res4", "conv4", 4, 2, 6, 3),
     ("res5", "conv5", 8, None, 3, 0),  # stride None: last_stride
 )
+# Stage names, in order: the endpoints a backbone returns and the points it can be cut at.
+STAGES = ("stem",) + tuple(spec[0] for spec in RESNET3D_50_SPECS)
 # Bottleneck expansion: the block output has 4 x its width channels.
 EXPANSION = 4
 BN_EPSILON = 1.001e-5
@@ -99,7 +108,30 @@ class TemporalIdentity(keras.initializers.Initializer):
 
 
 def per_frame(fn, video):
-  """`fn` applied to every frame of video [B, T, H, W, C] (time folded into the batch)."""
+  """`fn` applied to every frame of video [B, T, H, W, C] (time folded into the batch).
+
+  `fn` maps frames [N, H, W, C] to maps [N, h, w, c]; it runs once on [B*T, H, W, C] and its
+  output is unfolded to [B, T, h, w, c]. This is the frame-wise wrapper of the 2-D layers
+  here and of the per-frame 2-D ResNet (temporal_pooling), in place of
+  ``keras.layers.TimeDistributed``, because it measured faster where it matters and keeps
+  BatchNorm's statistics over all frames of the batch. ``benchmarks/time_distributed.py``
+  (2-D ResNet 3-4-6-3 at base_width 16, 8 clips of 8 x 64 x 32, forward + backward in
+  training mode, both side by side in one run; 2-core CPU, two runs):
+
+  * without XLA: fold 164-184 ms per step; TimeDistributed 2.03x and 2.21x that on clips of
+    static T (Keras 3.15 calls the network once per time step), 1.07x and 1.08x with T
+    unknown (it then maps over time with ``vectorized_map``). Evaluation and export run
+    without XLA.
+  * with XLA (``runtime.jit_compile``): TimeDistributed 0.93x and 0.95x of fold (450-585 ms),
+    i.e. 5-7 % faster, at static T only (with T unknown it does not compile); on this CPU
+    both are 2.4-3.5x slower than fold without XLA.
+
+  Besides speed, TimeDistributed changes training: BatchNorm normalises each time step's B
+  frames separately (and updates its moving statistics T times a step) where the fold
+  normalises all B*T frames together, as a 2-D network given the frames as one batch does;
+  the training-mode outputs differed by 74 % (relative) in the benchmark, the inference ones
+  not at all.
+  """
   shape = ops.shape(video)
   out = fn(ops.reshape(video, (-1, shape[2], shape[3], shape[4])))
   out_shape = ops.shape(out)
@@ -228,25 +260,97 @@ def nonlocal_positions(num_blocks: int, num_nonlocal: int) -> list[int]:
   return sorted(num_blocks - 1 - 2 * k for k in range(num_nonlocal))
 
 
+def _check_stage(stage, arg="stage"):
+  if stage not in STAGES:
+    raise ValueError(f"{arg}={stage!r} is not a stage of the ResNet; valid stage names, in "
+                     f"order: {', '.join(STAGES)}.")
+
+
+def stage_range(first_stage: str = "stem", last_stage: str = "res5") -> tuple[str, ...]:
+  """The stages from `first_stage` to `last_stage`, both included, in network order.
+
+  Raises ValueError, listing the valid names, for an unknown name or an empty range.
+  """
+  _check_stage(first_stage, "first_stage")
+  _check_stage(last_stage, "last_stage")
+  first, last = STAGES.index(first_stage), STAGES.index(last_stage)
+  if first > last:
+    raise ValueError(f"first_stage={first_stage!r} comes after last_stage={last_stage!r}: the "
+                     f"range is empty. Stages run in the order {', '.join(STAGES)}; pick "
+                     "first_stage at or before last_stage.")
+  return STAGES[first:last + 1]
+
+
+def stage_output_channels(stage: str, base_width: int) -> int:
+  """Channels of the `stage` endpoint (stem: base_width; res2..res5: 4, 8, 16, 32 x it)."""
+  _check_stage(stage)
+  if stage == "stem":
+    return base_width
+  multiplier = {spec[0]: spec[2] for spec in RESNET3D_50_SPECS}[stage]
+  return EXPANSION * multiplier * base_width
+
+
+def stage_input_channels(stage: str, base_width: int, input_channels: int = 3) -> int:
+  """Channels of what `stage` takes: the frames' for the stem, else the previous endpoint's."""
+  _check_stage(stage)
+  if stage == "stem":
+    return input_channels
+  return stage_output_channels(STAGES[STAGES.index(stage) - 1], base_width)
+
+
+def stage_input_name(stage: str, video: bool) -> str:
+  """Name of a backbone's input: ``clips``/``frames`` at the stem, else the endpoint it takes."""
+  _check_stage(stage)
+  if stage == "stem":
+    return "clips" if video else "frames"
+  return STAGES[STAGES.index(stage) - 1]
+
+
+def _check_input_channels(first_stage, base_width, input_channels):
+  if input_channels < 1:
+    raise ValueError(f"input_channels must be >= 1, got {input_channels}.")
+  if first_stage != "stem" and input_channels != 3:
+    raise ValueError(
+        f"input_channels={input_channels} sets the channels of the frames the stem takes, but "
+        f"this backbone starts at {first_stage}, which takes the "
+        f"{stage_input_channels(first_stage, base_width)}-channel "
+        f"{stage_input_name(first_stage, False)} map; leave input_channels at 3 or start at "
+        "first_stage='stem'.")
+
+
 def build_resnet(inputs, *, video: bool, block_counts=(3, 4, 6, 3), base_width: int = 64,
                  last_stride: int = 1, temporal_kernel: int = 3,
                  nonlocal_blocks=(0, 0, 0, 0), nonlocal_ratio: float = 0.5,
-                 nonlocal_subsample: bool = True) -> dict:
-  """Applies the ResNet layers to a symbolic input; returns the endpoints dict.
+                 nonlocal_subsample: bool = True, input_channels: int | None = None,
+                 first_stage: str = "stem", last_stage: str = "res5") -> dict:
+  """Applies the ResNet layers of stages `first_stage`..`last_stage` to a symbolic input.
+
+  A cut network has the layers (and layer names) the full network has in those stages, so
+  pieces cut at the same stage compose into the full network, and weights load into them by
+  name (the stem of a 2-stream network taking flow, then a shared res3..res5 trunk, say).
 
   Args:
-    inputs: keras.Input, [B, T, H, W, 3] if `video` else [N, H, W, 3] (normalised floats).
+    inputs: keras.Input. At the stem: frames [B, T, H, W, C] if `video` else [N, H, W, C]
+      (normalised floats, any C). At a later stage: the previous stage's endpoint, with its
+      channels (:func:`stage_input_channels`; 256 for res3 at base_width 64).
     video: 3-D network (temporal convolutions, non-local blocks) or the 2-D one.
     block_counts: residual blocks of res2..res5.
     base_width: bottleneck width of res2 (doubles per stage).
     last_stride: spatial stride of res5 (1 or 2).
     temporal_kernel: k_t of the separable temporal convolutions (video only; 1 = none).
-    nonlocal_blocks: non-local blocks per stage res2..res5 (video only).
+    nonlocal_blocks: non-local blocks per stage res2..res5 (video only); entries of stages
+      outside the range are not built.
     nonlocal_ratio, nonlocal_subsample: :class:`NonLocalBlock` arguments.
+    input_channels: channels of the frames; when set, `inputs` must have them (the range must
+      then start at the stem, unless it is 3). None: whatever `inputs` has.
+    first_stage, last_stage: the range of stages built, both included, among
+      ``STAGES`` = stem, res2, res3, res4, res5.
 
   Returns:
-    {"stem", "res2", "res3", "res4", "res5"} -> symbolic outputs.
+    {stage: symbolic output} for the stages of the range (by default "stem", "res2", "res3",
+    "res4", "res5").
   """
+  stages = stage_range(first_stage, last_stage)
   if len(block_counts) != 4 or len(nonlocal_blocks) != 4:
     raise ValueError("block_counts and nonlocal_blocks list the 4 stages res2..res5, got "
                      f"{list(block_counts)} and {list(nonlocal_blocks)}.")
@@ -255,17 +359,32 @@ def build_resnet(inputs, *, video: bool, block_counts=(3, 4, 6, 3), base_width: 
                      f"{list(nonlocal_blocks)} with video=False.")
   if last_stride not in (1, 2):
     raise ValueError(f"last_stride must be 1 or 2, got {last_stride}.")
+  if input_channels is not None:
+    _check_input_channels(first_stage, base_width, input_channels)
+  rank, got = (5 if video else 4), tuple(inputs.shape)
+  expected = stage_input_channels(first_stage, base_width,
+                                  input_channels if input_channels is not None else got[-1])
+  if len(got) != rank or got[-1] != expected:
+    what = ("frames" if first_stage == "stem"
+            else f"the {stage_input_name(first_stage, video)} endpoint")
+    layout = "[B, T, H, W, C]" if video else "[N, H, W, C]"
+    raise ValueError(f"a backbone starting at {first_stage} takes {what} {layout} with "
+                     f"C={expected} (base_width={base_width}), got inputs of shape {got}.")
   endpoints = {}
-  x = _zero_pad(video, 3, "conv1_pad")(inputs)
-  x = _conv(video, base_width, 7, 2, "conv1_conv")(x)
-  x = _batch_norm("conv1_bn")(x)
-  x = keras.layers.Activation("relu", name="conv1_relu")(x)
-  x = _zero_pad(video, 1, "pool1_pad")(x)
-  pool = FrameMaxPooling2D if video else keras.layers.MaxPooling2D
-  x = pool(3, strides=2, name="pool1_pool")(x)
-  endpoints["stem"] = x
+  x = inputs
+  if "stem" in stages:
+    x = _zero_pad(video, 3, "conv1_pad")(x)
+    x = _conv(video, base_width, 7, 2, "conv1_conv")(x)
+    x = _batch_norm("conv1_bn")(x)
+    x = keras.layers.Activation("relu", name="conv1_relu")(x)
+    x = _zero_pad(video, 1, "pool1_pad")(x)
+    pool = FrameMaxPooling2D if video else keras.layers.MaxPooling2D
+    x = pool(3, strides=2, name="pool1_pool")(x)
+    endpoints["stem"] = x
   for (endpoint, prefix, multiplier, stride, _, _), blocks, num_nl in zip(
       RESNET3D_50_SPECS, block_counts, nonlocal_blocks):
+    if endpoint not in stages:
+      continue
     stride = last_stride if stride is None else stride
     before = nonlocal_positions(blocks, num_nl) if video else []
     for index in range(blocks):
@@ -280,24 +399,48 @@ def build_resnet(inputs, *, video: bool, block_counts=(3, 4, 6, 3), base_width: 
   return endpoints
 
 
+def backbone_input(video: bool, first_stage: str = "stem", base_width: int = 64,
+                   input_channels: int = 3):
+  """The keras.Input of a backbone starting at `first_stage` (see :func:`build_resnet`)."""
+  _check_stage(first_stage, "first_stage")
+  _check_input_channels(first_stage, base_width, input_channels)
+  channels = stage_input_channels(first_stage, base_width, input_channels)
+  spatial = (None, None, None) if video else (None, None)
+  return keras.Input(shape=spatial + (channels,), name=stage_input_name(first_stage, video))
+
+
 def resnet3d(block_counts=(3, 4, 6, 3), base_width: int = 64, last_stride: int = 1,
              temporal_kernel: int = 3, nonlocal_blocks=(0, 2, 3, 0),
              nonlocal_ratio: float = 0.5, nonlocal_subsample: bool = True,
-             name: str = "resnet3d") -> keras.Model:
-  """The ResNet3D backbone as a functional Keras model.
+             name: str = "resnet3d", input_channels: int = 3, first_stage: str = "stem",
+             last_stage: str = "res5") -> keras.Model:
+  """The ResNet3D backbone, or the stages `first_stage`..`last_stage` of it, as a Keras model.
 
-  Input: normalised clips [B, T, H, W, 3] (any T, H, W). Output: the endpoints dict
-  {"stem", "res2", "res3", "res4", "res5"} of [B, T, h, w, c] feature maps; res5 has
-  ``output_channels(base_width)`` channels (2048 for base_width 64). Defaults are the paper's
-  configuration (section 4.2). See the module docstring for the architecture.
+  Input: normalised clips [B, T, H, W, input_channels] (any T, H, W), or, when the range
+  starts after the stem, the previous stage's endpoint [B, T, h, w, c] (e.g. c = 256 for
+  res3 at base_width 64; :func:`stage_input_channels`). Output: the endpoints dict
+  {"stem", "res2", "res3", "res4", "res5"} (the stages of the range) of [B, T, h, w, c]
+  feature maps; res5 has ``output_channels(base_width)`` channels (2048 for base_width 64).
+  Defaults are the paper's configuration (section 4.2): the whole network on RGB clips. Layer
+  names do not depend on the range, so a cut network is a part of the full one (see
+  :func:`build_resnet`). See the module docstring for the architecture.
+
+  Example (a two-stream stem: flow through its own stem and res2, summed with the RGB one,
+  then a shared trunk)::
+
+    flow_stem = resnet3d(input_channels=2, last_stage="res2", name="flow")
+    trunk = resnet3d(first_stage="res3")  # takes [B, T, h, w, 256]
   """
   if temporal_kernel < 1 or temporal_kernel % 2 == 0:
     raise ValueError(f"temporal_kernel must be odd and >= 1, got {temporal_kernel}.")
-  inputs = keras.Input(shape=(None, None, None, 3), name="clips")
+  stage_range(first_stage, last_stage)
+  inputs = backbone_input(True, first_stage, base_width, input_channels)
   endpoints = build_resnet(inputs, video=True, block_counts=block_counts,
                            base_width=base_width, last_stride=last_stride,
                            temporal_kernel=temporal_kernel, nonlocal_blocks=nonlocal_blocks,
-                           nonlocal_ratio=nonlocal_ratio, nonlocal_subsample=nonlocal_subsample)
+                           nonlocal_ratio=nonlocal_ratio, nonlocal_subsample=nonlocal_subsample,
+                           input_channels=input_channels, first_stage=first_stage,
+                           last_stage=last_stage)
   return keras.Model(inputs, endpoints, name=name)
 
 

@@ -29,6 +29,21 @@ network on every frame (see :mod:`tfreid.backbones.resnet3d`). Our convolutions 
 a 2-D bias b of a convolution followed by BatchNorm is folded into the BN moving mean
 (``BN(Wx + b)`` with mean ``m`` equals ``BN(Wx)`` with mean ``m - b``; in training BN
 subtracts the batch mean, which absorbs b).
+
+Cut backbones (``first_stage``/``last_stage`` of :func:`tfreid.backbones.resnet2d.resnet2d`
+and :func:`tfreid.backbones.resnet3d.resnet3d`) keep the full network's layer names, so they
+load the layers they have, by name, from the same files; a res3..res5 trunk ignores the
+file's stem and res2.
+
+Stems on other than RGB frames (``input_channels != 3``): conv1 takes the RGB conv1 kernel
+averaged over its 3 input channels and replicated to the stem's channel count
+(:func:`cross_modality_kernel`); every other layer loads as usual. This is the "cross
+modality pre-training" of Temporal Segment Networks (Wang et al., ECCV 2016, section 3.2:
+"average the weights across the RGB channels and replicate this average by the channel
+number of temporal network input"). a3d uses it for its optical-flow stream (2 channels, dx
+and dy): the a3d paper says only that all its CNNs are pre-trained on ImageNet (section
+III-D), and the a3d design note (ambiguities, "Flow") takes this rule for the flow stream's
+conv1, under which the order of the flow channels does not matter.
 """
 
 from __future__ import annotations
@@ -151,13 +166,31 @@ def imagenet_resnet50_weights() -> dict[str, list[np.ndarray]]:
 # ------------------------------------------------------------------------------ loading
 
 
+def cross_modality_kernel(rgb_kernel: np.ndarray, input_channels: int) -> np.ndarray:
+  """conv1 kernel for `input_channels`-channel frames from an RGB one (TSN cross-modality).
+
+  `rgb_kernel` [k, k, 3, C_out] is averaged over its input-channel axis and the average
+  repeated `input_channels` times: [k, k, input_channels, C_out], every input channel with
+  the same filter (Wang et al., Temporal Segment Networks, ECCV 2016, section 3.2; used by
+  a3d for its 2-channel flow stem, see the module docstring).
+  """
+  rgb_kernel = np.asarray(rgb_kernel)
+  if rgb_kernel.ndim != 4 or rgb_kernel.shape[2] != 3:
+    raise WeightsError(f"cross-modality initialisation starts from an RGB conv1 kernel "
+                       f"[k, k, 3, C_out], got shape {tuple(rgb_kernel.shape)}.")
+  mean = rgb_kernel.mean(axis=2, keepdims=True, dtype=np.float64).astype(rgb_kernel.dtype)
+  return np.repeat(mean, input_channels, axis=2)
+
+
 def load_2d_weights(backbone: keras.Model, weights: dict, source: str = "") -> list[str]:
   """Loads 2-D ResNet weights into a resnet2d or (inflating) a resnet3d backbone, by name.
 
   Every convolution and BatchNorm of `backbone` named as in the 2-D ResNet-50 must be in
   `weights` with a matching kernel shape; other layers of the backbone (temporal convolutions,
   non-local blocks) keep their initialisation, and layers of the file the backbone lacks (the
-  classifier, blocks beyond `block_counts`, a model's head) are ignored.
+  classifier, blocks beyond `block_counts`, a model's head; the stem and early stages a cut
+  backbone leaves out) are ignored. A conv1 on ``input_channels != 3`` frames takes the RGB
+  conv1 kernel by the cross-modality rule of :func:`cross_modality_kernel`.
 
   Args:
     backbone: from ``resnet3d.resnet3d`` or ``resnet2d.resnet2d``.
@@ -181,18 +214,29 @@ def load_2d_weights(backbone: keras.Model, weights: dict, source: str = "") -> l
         + (f" ({ambiguous[:4]} appear more than once)" if ambiguous else "")
         + ". Expected a 2-D ResNet-50 with keras.applications layer names (or a file saved "
         "from our resnet2d backbone or temporal_pooling model).")
+  kernels = {}
   for name in convs:  # check everything before changing anything
     kernel, expected = weights[name][0], tuple(layers[name].kernel.shape)
-    if tuple(kernel.shape) != expected:
+    if (name == "conv1_conv" and tuple(kernel.shape[:2]) + tuple(kernel.shape[3:])
+        == expected[:2] + expected[3:] and kernel.shape[2] != expected[2]):
+      if kernel.shape[2] != 3:
+        raise WeightsError(
+            f"{source}: conv1_conv takes {kernel.shape[2]}-channel frames, the backbone "
+            f"{expected[2]}-channel ones; a stem on other than RGB frames is initialised from "
+            "RGB weights (a 3-channel conv1) only, or from weights of a stem with its own "
+            "channel count.")
+      kernel = cross_modality_kernel(kernel, expected[2])
+    elif tuple(kernel.shape) != expected:
       raise WeightsError(
           f"{source}: layer {name} has a kernel of shape {tuple(kernel.shape)}, the backbone "
           f"expects {expected}. 2-D ResNet-50 weights need model.backbone.base_width=64 (and "
           "block_counts no larger than [3, 4, 6, 3]); use model.backbone.init=none for other "
           "widths.")
+    kernels[name] = kernel
   loaded = []
   for name in convs:
     bn_name = name[:-len("_conv")] + "_bn"
-    kernel = weights[name][0]
+    kernel = kernels[name]
     bias = weights[name][1] if len(weights[name]) > 1 else None
     gamma, beta, mean, variance = weights[bn_name]
     if bias is not None:
