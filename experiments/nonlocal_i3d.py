@@ -40,6 +40,7 @@ Variants:
 """
 
 from tfreid import config as cfg
+from tfreid.losses import cross_entropy, triplet
 
 VARIANTS = ("", "resnet3d", "init_imagenet", "init_reid", "init_kinetics", "ilidsvid",
             "prid2011", "synthetic")
@@ -62,8 +63,9 @@ def paper_config() -> cfg.ExperimentConfig:
           nonlocal_blocks=cfg.NonLocalConfig(blocks_per_stage=[0, 2, 3, 0],
                                              bottleneck_ratio=0.5, subsample=True)),
       head=cfg.HeadConfig(embedding_dim=512, leaky_relu_alpha=0.1, dropout=0.5))
-  c.losses.cross_entropy = cfg.CrossEntropyConfig(weight=1.0, label_smoothing=0.1)
-  c.losses.triplet = cfg.TripletConfig(weight=1.0, margin=0.3, mining="batch_hard")
+  c.losses = cfg.LossesConfig(
+      cross_entropy=cross_entropy.Config(weight=1.0, label_smoothing=0.1),
+      triplet=triplet.Config(weight=1.0, margin=0.3, mining="batch_hard"))
   c.optimizer = cfg.OptimizerConfig(name="adam", learning_rate=3e-4, weight_decay=5e-4,
                                     weight_decay_mode="l2")
   c.schedule = cfg.ScheduleConfig(name="exponential", decay_start_epoch=150,

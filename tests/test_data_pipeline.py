@@ -255,10 +255,14 @@ def test_corrupt_record_names_the_shard_or_is_skipped(tmp_path):
 
 
 def test_missing_stream_is_an_error_naming_the_flag(codes):
-  with pytest.raises(pipeline.DatasetError, match="--optical_flow"):
-    pipeline.make_train_dataset(data_config(codes, use_flow=True))
+  with pytest.raises(pipeline.DatasetError,
+                     match=r"reads optical flow.*data_pipelines.convert --dataset=.* "
+                           r"--optical_flow"):
+    pipeline.make_train_dataset(data_config(codes), streams=("clips", "flow"))
   with pytest.raises(pipeline.DatasetError, match="--keypoints=FILE"):
-    pipeline.make_test_dataset(data_config(codes, use_keypoints=True), "query")
+    pipeline.make_test_dataset(data_config(codes), "query", streams=("clips", "keypoints"))
+  with pytest.raises(ValueError, match="'clips' first"):
+    pipeline.make_test_dataset(data_config(codes), "query", streams=("clips", "depth"))
 
 
 def test_flow_and_keypoint_streams(tmp_path):
@@ -266,9 +270,10 @@ def test_flow_and_keypoint_streams(tmp_path):
   data_fixtures.write_tiny_dataset(path, num_ids=2, tracklets_per_id=2, num_frames=5,
                                    height=H, width=W, with_flow=True, with_keypoints=True,
                                    frame_format="png", content="code")
-  config = data_config(path, use_flow=True, use_keypoints=True)
+  config = data_config(path)
+  streams = ("clips", "flow", "keypoints")
   config.augmentation = cfg.AugmentationConfig(crop_enlarge=0.125, flip=True)
-  batch = take(pipeline.make_train_dataset(config, seed=1), 1)[0]
+  batch = take(pipeline.make_train_dataset(config, seed=1, streams=streams), 1)[0]
   assert batch["flow"].shape == (4, T, H, W, 2) and batch["flow"].dtype == np.float32
   assert batch["keypoints"].shape == (4, T, 14, 3) and batch["keypoints"].dtype == np.float32
   # Test clips are not augmented: the stored streams come back, frame by frame.
@@ -278,7 +283,7 @@ def test_flow_and_keypoint_streams(tmp_path):
     for record in tf.data.TFRecordDataset(shard):
       example = tf.train.Example.FromString(record.numpy())
       records[example.features.feature[schema.TRACKLET_ID].int64_list.value[0]] = example
-  for batch in take(pipeline.make_test_dataset(config, "query"), 10):
+  for batch in take(pipeline.make_test_dataset(config, "query", streams=streams), 10):
     _, frames = frame_codes(batch["clips"])
     for b, position in enumerate(batch["index"]):
       example = records[int(index.tracklet_ids[position])]
@@ -291,3 +296,30 @@ def test_flow_and_keypoint_streams(tmp_path):
       for t, f in enumerate(frames[b]):
         flow = data_fixtures.flow_field(int(f), H, W)
         np.testing.assert_allclose(batch["flow"][b, t], flow, atol=0.5 / data_fixtures.FLOW_SCALE)
+
+
+def _plans(config, seed, steps, start_step=0):
+  """(tracklet ids, frame numbers) of `steps` global batches from `start_step`."""
+  ds = pipeline.make_train_dataset(config, seed=seed, start_step=start_step)
+  out = []
+  for batch in take(ds, steps):
+    ids, frames = frame_codes(batch["clips"])
+    out.append((ids.tolist(), frames.tolist()))
+  return out
+
+
+def test_seeds_share_no_epoch_and_a_stream_resumes_at_any_step(codes):
+  """Epoch e of seed s is drawn from (s, e): seeds 0 and 1 share no epoch's batch plan (the
+  trainer used to draw epoch e of seed s as epoch 0 of seed s + e), and a stream started at
+  step n gives the batches a stream started at 0 gives from step n on."""
+  config = data_config(codes, sample_stride=1, num_identities=1)
+  per_epoch = pipeline.steps_per_epoch(config)
+  epochs = 3
+  seed0 = _plans(config, 0, per_epoch * epochs)
+  seed1 = _plans(config, 1, per_epoch * epochs)
+  for e0 in range(epochs):
+    for e1 in range(epochs):
+      assert (seed0[e0 * per_epoch:(e0 + 1) * per_epoch]
+              != seed1[e1 * per_epoch:(e1 + 1) * per_epoch]), (e0, e1)
+  for start in (1, per_epoch, per_epoch + 1):
+    assert _plans(config, 0, 3, start_step=start) == seed0[start:start + 3]

@@ -210,11 +210,13 @@ def test_every_loss_runs_under_xla_and_matches_eager():
 
 
 def test_build_losses_keeps_terms_with_positive_weight():
+  from tfreid.losses import cross_entropy, oim, pair_bce, triplet
   c = cfg.ExperimentConfig()
-  c.losses.cross_entropy = cfg.CrossEntropyConfig(weight=1.0, label_smoothing=0.2)
-  c.losses.triplet = cfg.TripletConfig(weight=0.5, margin=0.4, mining="batch_all",
-                                       feature="feat")
-  terms = losses.build_losses(c, num_classes=10, embedding_dim=8)
+  c.losses.cross_entropy = cross_entropy.Config(weight=1.0, label_smoothing=0.2)
+  c.losses.triplet = triplet.Config(weight=0.5, margin=0.4, mining="batch_all",
+                                    feature="feat")
+  context = losses.LossContext(num_classes=10, output_shapes={"embedding": (8,)})
+  terms = losses.build_losses(c, context)
   assert [t.name for t in terms] == ["cross_entropy", "triplet"]
   assert [t.weight for t in terms] == [1.0, 0.5]
   assert terms[0].label_smoothing == 0.2
@@ -222,11 +224,64 @@ def test_build_losses_keeps_terms_with_positive_weight():
   assert not any(t.stateful for t in terms)
 
   c.losses.cross_entropy.weight = 0.0
-  c.losses.oim = cfg.OIMConfig(weight=2.0, scale=10.0, momentum=0.3, feature="embedding")
-  c.losses.pair_bce = cfg.PairBCEConfig(weight=1.0)
-  terms = losses.build_losses(c, num_classes=10, embedding_dim=8)
+  c.losses.oim = oim.Config(weight=2.0, scale=10.0, momentum=0.3, feature="embedding")
+  c.losses.pair_bce = pair_bce.Config(weight=1.0)
+  terms = losses.build_losses(c, context)
   assert [t.name for t in terms] == ["triplet", "oim", "pair_bce"]
-  oim = terms[1]
-  assert oim.stateful and oim.weight == 2.0
-  assert (oim.scale, oim.momentum) == (10.0, 0.3)
-  assert oim.table.shape == (10, 8)
+  oim_term = terms[1]
+  assert oim_term.stateful and oim_term.weight == 2.0
+  assert (oim_term.scale, oim_term.momentum) == (10.0, 0.3)
+  # The table's width follows the model output OIM reads.
+  assert oim_term.table.shape == (10, 8)
+
+
+def test_two_terms_of_one_type_have_their_own_names_and_settings():
+  c = cfg.build_config("nonlocal_i3d:synthetic", overrides=[
+      "losses.local_triplet.type=triplet", "losses.local_triplet.margin=0.6",
+      "losses.local_triplet.feature=parts", "losses.local_triplet.weight=0.5"])
+  context = losses.LossContext(num_classes=4, output_shapes={"embedding": (8,)})
+  terms = losses.build_losses(c, context)
+  assert [t.name for t in terms] == ["cross_entropy", "triplet", "local_triplet"]
+  assert (terms[1].margin, terms[1].feature) == (0.3, "embedding")
+  assert (terms[2].margin, terms[2].feature, terms[2].weight) == (0.6, "parts", 0.5)
+  # The YAML round trip keeps each term with its type.
+  dumped = cfg.to_dict(c)["losses"]
+  assert dumped["local_triplet"]["type"] == "triplet"
+  assert dumped["local_triplet"]["margin"] == 0.6
+
+
+def test_unknown_loss_type_and_key_errors_name_them():
+  with pytest.raises(cfg.ConfigError, match="'tripplet' is not a loss type.*triplet"):
+    cfg.build_config("nonlocal_i3d", overrides=["losses.x.type=tripplet"])
+  with pytest.raises(cfg.ConfigError, match="losses.triplet.margn.*Did you mean 'margin'"):
+    cfg.build_config("nonlocal_i3d", overrides=["losses.triplet.margn=1"])
+  with pytest.raises(cfg.ConfigError, match="losses.triplet needs positives.*got 1"):
+    cfg.build_config("nonlocal_i3d", overrides=["data.num_instances=1"])
+
+
+def test_triplet_on_a_model_distance_uses_it():
+  """A triplet term with distance=<name> reads the model's distance function instead of
+  `feature` (stal's local triplet on its part distance)."""
+  from tfreid.losses import triplet
+
+  class Model:
+    def distance_functions(self):
+      return {"l1": lambda a, b: tf.reduce_sum(
+          tf.abs(a["parts"][:, None] - b["parts"][None]), axis=-1)}
+
+  c = cfg.ExperimentConfig()
+  c.losses = cfg.LossesConfig(local=triplet.Config(margin=0.5, distance="l1"))
+  term = losses.build_losses(c, losses.LossContext(2, {}, model=Model()))[0]
+  rng = np.random.default_rng(0)
+  parts = rng.normal(size=(6, 3)).astype(np.float32)
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  got = term({"parts": tf.constant(parts)}, {"labels": tf.constant(labels)}).numpy()
+  d = np.abs(parts[:, None] - parts[None]).sum(-1)
+  expected = np.mean([max(0.0, 0.5 + max(d[a, p] for p in range(6)
+                                         if labels[p] == labels[a] and p != a)
+                          - min(d[a, n] for n in range(6) if labels[n] != labels[a]))
+                      for a in range(6)])
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="no such distance.*'l1'"):
+    c.losses = cfg.LossesConfig(local=triplet.Config(distance="l2"))
+    losses.build_losses(c, losses.LossContext(2, {}, model=Model()))

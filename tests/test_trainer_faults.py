@@ -35,8 +35,8 @@ def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_checkpoint(
     def update(self, outputs, batch):
       self.calls.assign_add(1)
 
-  def build(config, num_classes, embedding_dim):
-    return real_build(config, num_classes, embedding_dim) + [ExplodingAt3()]
+  def build(config, context):
+    return real_build(config, context) + [ExplodingAt3()]
 
   monkeypatch.setattr(trainer_lib, "build_losses", build)
   config = tiny_config(tiny_data, "trainer.epochs=3", "trainer.checkpoint_every_steps=1",

@@ -145,7 +145,7 @@ def test_float16_overflow_on_one_replica_skips_the_step_on_both(clip_value, monk
       return tf.where(on, 1e30, 0.0) * tf.reduce_mean(outputs["logits"])
 
   monkeypatch.setattr(trainer_lib, "build_losses",
-                      lambda c, n, e: real_build(c, n, e) + [HugeOnLabel3()])
+                      lambda c, context: real_build(c, context) + [HugeOnLabel3()])
   # Cross-entropy of weight 1 alone does not overflow float16 at Keras' initial 2**15.
   config, strategy, trainer = _linear_trainer(monkeypatch, tmp_path, "mixed_float16",
                                               "losses.cross_entropy.weight=1",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import os
 import pkgutil
 import typing
@@ -66,9 +67,8 @@ class DataConfig:
   num_instances: int = 4
   # Clips per batch when extracting test features.
   test_batch_size: int = 32
-  # Extra streams, decoded only when asked for.
-  use_flow: bool = False
-  use_keypoints: bool = False
+  # The input streams (optical flow, keypoints) are not set here: the pipeline delivers
+  # exactly the streams the model declares (`tfreid.models.input_streams`).
   # Skip (and count) corrupt records instead of failing.
   skip_corrupt: bool = False
   augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
@@ -129,7 +129,7 @@ class BackboneConfig:
   nonlocal_blocks: NonLocalConfig = dataclasses.field(default_factory=NonLocalConfig)
 
   def validate(self) -> None:
-    _one_of("model.backbone.name", self.name, ("resnet3d", "resnet2d"))
+    # Which backbones a method takes is the method's to check (its validate_config).
     _one_of("model.backbone.init", self.init, ("none", "imagenet", "reid", "kinetics"))
     if len(self.block_counts) != 4 or min(self.block_counts) < 1:
       raise ConfigError("model.backbone.block_counts must list 4 positive block counts "
@@ -166,14 +166,57 @@ class HeadConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-  # Module in tfreid/models/ that builds the model.
+  """The model: `name` is a module of tfreid/models/ (or a dotted module path); the shared
+  backbone and head sections; and the method's own typed section `model.<name>`, whose
+  dataclass is the `CONFIG_CLASS` of that module (created on first use, validated by the
+  method). For a dotted module path the section is named by its last component
+  (`model.name=my_pkg.my_method` -> `model.my_method`)."""
+  # Module in tfreid/models/ that builds the model, or a dotted module path.
   name: str = "nonlocal_i3d"
   backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
   head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
 
+  def __post_init__(self):
+    self._sections = {}
+
+  def section(self, name: str | None = None):
+    """The method section `model.<name>` (default: the current model's); None when the
+    method has no section of its own."""
+    name = name or self.name
+    if name not in self._sections:
+      cls = method_config_class(name)
+      if cls is None:
+        return None
+      self._sections[name] = cls()
+    return self._sections[name]
+
+  @property
+  def section_key(self) -> str:
+    """The key of the current method's section: model.name's last dotted component."""
+    return self.name.rsplit(".", 1)[-1]
+
+  def _extra_section(self, key: str):
+    """The section `key` names when it is the current model's (apply_dict hook)."""
+    return self.section() if key == self.section_key else None
+
+  def _extra_keys(self) -> list[str]:
+    return [self.section_key] if method_config_class(self.name) is not None else []
+
+  def __getattr__(self, key):
+    # Only reached for attributes that do not exist: `model.<name>` of the current model.
+    name = self.__dict__.get("name")
+    if key.startswith("_") or name is None or key != name.rsplit(".", 1)[-1]:
+      raise AttributeError(f"ModelConfig has no attribute {key!r} (a method section is "
+                           "model.<model.name>).")
+    section = self.section()
+    if section is None:
+      raise AttributeError(f"model {key!r} has no config section of its own (its module "
+                           "defines no CONFIG_CLASS).")
+    return section
+
   def validate(self) -> None:
     available = list_models()
-    if self.name not in available:
+    if self.name not in available and "." not in self.name:
       raise ConfigError(f"model.name={self.name!r} is not a model in tfreid/models/. "
                         f"Available: {', '.join(available)}.{_nearest(self.name, available)}")
     self.backbone.validate()
@@ -185,61 +228,105 @@ class ModelConfig:
 # --------------------------------------------------------------------------- losses
 
 
-@dataclasses.dataclass
-class CrossEntropyConfig:
-  """Softmax cross-entropy with label smoothing (nonlocal_i3d eq. 9)."""
-  weight: float = 1.0
-  label_smoothing: float = 0.1
+class LossesConfig:
+  """Named loss terms: ``losses.<name>`` is the config of one term of the objective.
+
+  Each term has a ``type``: a module of tfreid/losses/ (``cross_entropy``, ``triplet``,
+  ``oim``, ``pair_bce`` ...) or a dotted module path, whose ``Config`` dataclass types the
+  entry (``weight`` plus the loss's own keys) and whose ``build(name, config, context)``
+  makes the term. The type defaults to the term's name, so ``losses.triplet.margin=0.5``
+  needs no type while a second triplet term is ``losses.local_triplet.type=triplet``. The
+  name is the term's name in logs, TensorBoard (``loss/<name>``) and checkpoints. A term of
+  weight 0 is kept in the config but not built; ``losses.<name>=null`` removes it.
+  """
+
+  def __init__(self, **terms):
+    object.__setattr__(self, "_terms", {})
+    for name, term in terms.items():
+      setattr(self, name, term)
+
+  def __getattr__(self, key):
+    if key.startswith("_"):
+      raise AttributeError(key)
+    terms = self.__dict__["_terms"]
+    if key not in terms:
+      raise AttributeError(f"no loss term {key!r}; terms: {', '.join(terms) or 'none'}.")
+    return terms[key]
+
+  def __setattr__(self, key, value):
+    if not dataclasses.is_dataclass(value) or not hasattr(value, "weight"):
+      raise ConfigError(f"losses.{key} must be a loss Config dataclass (with a weight), got "
+                        f"{value!r}.")
+    self._terms[key] = value
+
+  def __delattr__(self, key):
+    self._terms.pop(key, None)
+
+  def __deepcopy__(self, memo):
+    import copy  # pylint: disable=import-outside-toplevel
+    return LossesConfig(**{k: copy.deepcopy(v, memo) for k, v in self._terms.items()})
+
+  def __eq__(self, other):
+    return isinstance(other, LossesConfig) and to_dict(self) == to_dict(other)
+
+  def __repr__(self):
+    return f"LossesConfig({', '.join(f'{k}={v!r}' for k, v in self._terms.items())})"
+
+  def items(self):
+    return list(self._terms.items())
+
+  def active(self):
+    """(name, config) of the terms with weight > 0, in config order."""
+    return [(k, v) for k, v in self._terms.items() if v.weight > 0]
+
+  def _apply(self, updates: dict, prefix: str) -> None:
+    for name, content in updates.items():
+      path = f"{prefix}{name}"
+      if content is None:
+        self._terms.pop(name, None)
+        continue
+      if dataclasses.is_dataclass(content):
+        setattr(self, name, content)
+        continue
+      if not isinstance(content, dict):
+        raise ConfigError(f"{path} expects a mapping of loss settings, got {content!r}.")
+      content = dict(content)
+      current = self._terms.get(name)
+      loss_type = content.pop("type", None) or (current.type if current is not None
+                                                else name)
+      if not isinstance(loss_type, str):
+        raise ConfigError(f"{path}.type expects a loss type name, got {loss_type!r}.")
+      if current is None or current.type != loss_type:
+        cls = loss_config_class(loss_type, path, list(self._terms))
+        current = cls()
+        current.type = loss_type
+        self._terms[name] = current
+      apply_dict(current, content, prefix=f"{path}.")
+
+  def _to_dict(self) -> dict:
+    out = {}
+    for name, term in self._terms.items():
+      entry = to_dict(term)
+      out[name] = {"type": entry.pop("type", name), **entry}
+    return out
+
+  def validate(self, config=None) -> None:
+    for name, term in self._terms.items():
+      _finite(f"losses.{name}.weight", term.weight)
+      if term.weight < 0:
+        raise ConfigError(f"losses.{name}.weight must be >= 0, got {term.weight}.")
+    if not self.active():
+      raise ConfigError("every loss weight is 0: set the weight of at least one of "
+                        f"losses.{', losses.'.join(self._terms) or '<name>'} above 0.")
+    for name, term in self._terms.items():
+      if term.weight > 0 and hasattr(term, "validate"):
+        term.validate(f"losses.{name}", config)
 
 
-@dataclasses.dataclass
-class TripletConfig:
-  """Triplet loss: batch-hard (nonlocal_i3d eq. 7) or all valid triplets (a3d eq. 14)."""
-  weight: float = 1.0
-  margin: float = 0.3
-  # batch_hard | batch_all
-  mining: str = "batch_hard"
-  # Model output the loss is computed on.
-  feature: str = "embedding"
-
-
-@dataclasses.dataclass
-class OIMConfig:
-  """Online instance matching (diversity_attention section 3.5)."""
-  weight: float = 0.0
-  scale: float = 30.0
-  momentum: float = 0.5
-  feature: str = "embedding"
-
-
-@dataclasses.dataclass
-class PairBCEConfig:
-  """Binary cross-entropy over all pairs of a PK batch (siamese_convgru eq. 9)."""
-  weight: float = 0.0
-
-
-@dataclasses.dataclass
-class LossConfig:
-  cross_entropy: CrossEntropyConfig = dataclasses.field(default_factory=CrossEntropyConfig)
-  triplet: TripletConfig = dataclasses.field(default_factory=TripletConfig)
-  oim: OIMConfig = dataclasses.field(default_factory=OIMConfig)
-  pair_bce: PairBCEConfig = dataclasses.field(default_factory=PairBCEConfig)
-
-  def validate(self) -> None:
-    weights = [self.cross_entropy.weight, self.triplet.weight, self.oim.weight,
-               self.pair_bce.weight]
-    if any(w < 0 for w in weights):
-      raise ConfigError(f"loss weights must be >= 0, got {weights}.")
-    if not any(weights):
-      raise ConfigError("every loss weight is 0: set at least one of losses.cross_entropy."
-                        "weight, losses.triplet.weight, losses.oim.weight, "
-                        "losses.pair_bce.weight.")
-    if not 0.0 <= self.cross_entropy.label_smoothing < 1.0:
-      raise ConfigError("losses.cross_entropy.label_smoothing must be in [0, 1), got "
-                        f"{self.cross_entropy.label_smoothing}.")
-    _one_of("losses.triplet.mining", self.triplet.mining, ("batch_hard", "batch_all"))
-    if not 0.0 <= self.oim.momentum <= 1.0:
-      raise ConfigError(f"losses.oim.momentum must be in [0, 1], got {self.oim.momentum}.")
+def _default_losses() -> "LossesConfig":
+  losses = LossesConfig()
+  losses._apply({"cross_entropy": {}, "triplet": {}}, "losses.")  # pylint: disable=protected-access
+  return losses
 
 
 # ------------------------------------------------------------------------ optimizer
@@ -323,6 +410,10 @@ class TrainerConfig:
   init_checkpoint: str = ""
   # Write sample input clips and attention maps to TensorBoard every N steps (0: never).
   image_summary_every_steps: int = 500
+  # Layers to freeze (staged training): glob patterns over Keras layer paths, e.g.
+  # "*/resnet2d/*". A frozen layer's variables are not trained and a frozen BatchNorm runs
+  # in inference mode (its moving statistics do not change).
+  freeze: list[str] = dataclasses.field(default_factory=list)
 
   def validate(self) -> None:
     _positive("trainer.epochs", self.epochs)
@@ -337,8 +428,9 @@ class TrainerConfig:
 class EvalConfig:
   # torchreid | mars_matlab (MARS); closed-set datasets use their own single protocol.
   protocol: str = "torchreid"
-  # euclidean | sqeuclidean | cosine | learned (the model's pairwise_distance)
-  distance: str = "euclidean"
+  # model (the model's own metric: its pairwise_distance when it has one, else Euclidean)
+  # | euclidean | sqeuclidean | cosine | learned (the model's pairwise_distance, required)
+  distance: str = "model"
   rerank: bool = False
   max_rank: int = 50
   # Rank-list images written for this many queries.
@@ -346,7 +438,8 @@ class EvalConfig:
 
   def validate(self) -> None:
     _one_of("eval.protocol", self.protocol, ("torchreid", "mars_matlab"))
-    _one_of("eval.distance", self.distance, ("euclidean", "sqeuclidean", "cosine", "learned"))
+    _one_of("eval.distance", self.distance,
+            ("model", "euclidean", "sqeuclidean", "cosine", "learned"))
     _positive("eval.max_rank", self.max_rank)
 
 
@@ -380,7 +473,7 @@ class ExperimentConfig:
   experiment: str = ""
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  losses: LossConfig = dataclasses.field(default_factory=LossConfig)
+  losses: LossesConfig = dataclasses.field(default_factory=_default_losses)
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
   schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
   trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
@@ -389,14 +482,12 @@ class ExperimentConfig:
   export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
   def validate(self) -> "ExperimentConfig":
-    for part in (self.data, self.model, self.losses, self.optimizer, self.schedule,
-                 self.trainer, self.eval, self.runtime):
+    for part in (self.data, self.model, self.optimizer, self.schedule, self.trainer,
+                 self.eval, self.runtime):
       part.validate()
-    if self.eval.distance == "learned" and self.eval.rerank:
-      pass  # re-ranking works on any distance matrix.
-    if self.losses.triplet.weight > 0 and self.data.num_instances < 2:
-      raise ConfigError("losses.triplet needs positives in the batch: data.num_instances "
-                        f"(K) must be >= 2, got {self.data.num_instances}.")
+    self.losses.validate(self)
+    # The method validates its own section and what it needs of the shared ones.
+    validate_method(self)
     return self
 
 
@@ -419,6 +510,11 @@ def _positive(key: str, value) -> None:
     raise ConfigError(f"{key} must be > 0, got {value}.")
 
 
+def _finite(key: str, value) -> None:
+  if not math.isfinite(value):
+    raise ConfigError(f"{key} must be a finite number, got {value}.")
+
+
 def list_models() -> list[str]:
   """Modules of tfreid/models/ that build a model (expose `build`); shared parts such as
   heads.py are not models."""
@@ -429,11 +525,77 @@ def list_models() -> list[str]:
                 if hasattr(importlib.import_module(f"tfreid.models.{n}"), "build"))
 
 
+def import_plugin(package: str, name: str, what: str, available=None):
+  """The module `package.name`, or `name` itself when it is a dotted module path (a method,
+  loss or experiment defined outside tfreid). Raises ConfigError naming what was looked up."""
+  module_name = name if "." in name else f"{package}.{name}"
+  try:
+    return importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name != module_name and not module_name.startswith(f"{e.name}."):
+      raise  # the module exists but one of its own imports is missing
+    hint = ""
+    if available is not None:
+      hint = f" Available: {', '.join(available)}.{_nearest(name, available)}"
+    raise ConfigError(f"{what} {name!r}: no module {module_name!r}.{hint}") from None
+
+
+def method_config_class(name: str):
+  """The dataclass of the method section `model.<name>` (its module's CONFIG_CLASS), or
+  None when the method has no section."""
+  if not name:
+    return None
+  module = import_plugin("tfreid.models", name, "model")
+  return getattr(module, "CONFIG_CLASS", None)
+
+
+def loss_config_class(loss_type: str, path: str = "losses", names=()):
+  """The `Config` dataclass of a loss type (a module of tfreid/losses/ with Config and
+  build, or a dotted module path)."""
+  import tfreid.losses as losses_pkg  # pylint: disable=import-outside-toplevel
+  types = sorted(m.name for m in pkgutil.iter_modules(losses_pkg.__path__)
+                 if not m.name.startswith("_"))
+  if "." not in loss_type and loss_type not in types:
+    raise ConfigError(
+        f"{path}: {loss_type!r} is not a loss type. Loss types (modules of tfreid/losses/): "
+        f"{', '.join(types)}.{_nearest(loss_type, types)} A new term needs its type: "
+        f"{path}.type=<loss type>; existing terms: {', '.join(names) or 'none'}.")
+  module = import_plugin("tfreid.losses", loss_type, f"{path}: loss type", types)
+  if not hasattr(module, "Config") or not hasattr(module, "build"):
+    raise ConfigError(f"{path}: loss type {loss_type!r} ({module.__name__}) must define a "
+                      "Config dataclass and build(name, config, context).")
+  return module.Config
+
+
+def validate_method(config) -> None:
+  """The method's own checks: its section's validate() and its module's
+  validate_config(config) (backbones it takes, streams, combinations)."""
+  module = import_plugin("tfreid.models", config.model.name, "model", list_models())
+  section = config.model.section()
+  if section is not None and hasattr(section, "validate"):
+    section.validate()
+  if hasattr(module, "validate_config"):
+    module.validate_config(config)
+
+
 # ------------------------------------------------------------------ overlays and YAML
 
 
 def to_dict(config) -> dict:
-  return dataclasses.asdict(config)
+  """A config as plain nested dicts and lists (method sections and loss terms included)."""
+  if hasattr(config, "_to_dict"):
+    return config._to_dict()  # pylint: disable=protected-access
+  out = {}
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value) or hasattr(value, "_to_dict"):
+      value = to_dict(value)
+    elif isinstance(value, (list, tuple)):
+      value = [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
+    out[field.name] = value
+  for key in getattr(config, "_extra_keys", lambda: [])():
+    out[key] = to_dict(config._extra_section(key))  # pylint: disable=protected-access
+  return out
 
 
 def to_yaml(config) -> str:
@@ -474,21 +636,55 @@ def _field_types(cls) -> dict[str, Any]:
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def apply_dict(config, updates: dict, prefix: str = "") -> None:
-  """Overlays a nested dict onto a dataclass config, in place, with type checks."""
+# Keys of earlier config.yaml files that no longer exist, and what replaced them. A file
+# holding one still loads (the key is skipped with a warning); an override naming one is an
+# error that says what changed.
+RETIRED_KEYS = {
+    "data.use_flow": "the input streams are declared by the model (its module's streams()); "
+                     "the pipeline delivers optical flow when the model reads it",
+    "data.use_keypoints": "the input streams are declared by the model (its module's "
+                          "streams()); the pipeline delivers keypoints when the model reads "
+                          "them",
+}
+
+
+def apply_dict(config, updates: dict, prefix: str = "", legacy: bool = False) -> None:
+  """Overlays a nested dict onto a dataclass config, in place, with type checks.
+
+  `legacy` (config files): keys in RETIRED_KEYS are skipped with a warning instead of
+  refused.
+  """
   if not isinstance(updates, dict):
     raise ConfigError(f"{prefix[:-1] if prefix else 'config'} expects a mapping, got "
                       f"{updates!r}.")
+  if hasattr(config, "_apply"):
+    config._apply(updates, prefix)  # pylint: disable=protected-access
+    return
   types = _field_types(type(config))
-  for key, value in updates.items():
+  # `name` first: it decides which method section the other keys may name.
+  for key in sorted(updates, key=lambda k: k != "name"):
+    value = updates[key]
     path = f"{prefix}{key}"
     if key not in types:
+      section = getattr(config, "_extra_section", lambda k: None)(key)
+      if section is not None:
+        apply_dict(section, value, prefix=f"{path}.", legacy=legacy)
+        continue
+      if path in RETIRED_KEYS:
+        if legacy:
+          from absl import logging  # pylint: disable=import-outside-toplevel
+          logging.warning("config key %s is no longer used (%s); ignored.", path,
+                          RETIRED_KEYS[path])
+          continue
+        raise ConfigError(f"config key {path!r} no longer exists: {RETIRED_KEYS[path]}.")
+      valid = list(types) + list(getattr(config, "_extra_keys", lambda: [])())
       raise ConfigError(f"unknown config key {path!r}. Valid keys"
                         f"{' under ' + prefix[:-1] if prefix else ''}: "
-                        f"{', '.join(types)}.{_nearest(key, types)}")
+                        f"{', '.join(valid)}.{_nearest(key, valid)}")
     annotation = types[key]
-    if dataclasses.is_dataclass(annotation):
-      apply_dict(getattr(config, key), value, prefix=f"{path}.")
+    current = getattr(config, key)
+    if dataclasses.is_dataclass(annotation) or hasattr(current, "_apply"):
+      apply_dict(current, value, prefix=f"{path}.", legacy=legacy)
     else:
       setattr(config, key, _check_type(path, value, annotation))
 
@@ -534,6 +730,10 @@ def experiment_variants(name: str) -> tuple[str, ...]:
 
 
 def _experiment_module(name: str):
+  """experiments/<name>.py, or the module `name` when it is a dotted module path (an
+  experiment defined outside the repository)."""
+  if "." in name:
+    return import_plugin("experiments", name, "experiment")
   available = list_experiments()
   if name not in available:
     raise ConfigError(f"unknown experiment {name!r}. Available experiments: "
@@ -562,7 +762,7 @@ def build_config(experiment: str, config_files=(), overrides=(), data_dir: str =
   for path in config_files:
     content = load_yaml_file(path)
     content.pop("experiment", None)
-    apply_dict(config, content)
+    apply_dict(config, content, legacy=True)
   for override in overrides:
     apply_override(config, override)
   if data_dir:
@@ -586,5 +786,5 @@ def load_config(path: str) -> ExperimentConfig:
   if not experiment:
     raise ConfigError(f"{path} has no 'experiment' key; it was not written by tfreid.train.")
   config = get_experiment(experiment)
-  apply_dict(config, content)
+  apply_dict(config, content, legacy=True)
   return config.validate()

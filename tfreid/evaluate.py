@@ -94,51 +94,16 @@ def same_dataset(data_dir_a: str, data_dir_b: str) -> bool:
 
 
 def num_training_identities(config, checkpoint_path: str) -> int:
-  """Classes of the run's classifier: the training split's identities in its manifest, or
-  (training dataset absent) the checkpoint's classifier shape."""
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  from tfreid.data import schema  # pylint: disable=import-outside-toplevel
-  try:
-    manifest = schema.read_manifest(config.data.data_dir)
-    return len(manifest["splits"][config.data.split]["train_pids"])
-  except (schema.DatasetError, IndexError, KeyError) as e:
-    d = config.data
-    if d.use_flow or d.use_keypoints:
-      raise FileNotFoundError(
-          f"the training dataset {config.data.data_dir!r} of this run is not readable ({e}); "
-          "its number of training identities (the classifier's size) is needed to rebuild "
-          "the model. Make the dataset available at that path.") from e
-    logging.info("Training dataset %r not readable (%s): reading the number of training "
-                 "identities from the checkpoint.", config.data.data_dir, e)
-    from tfreid.serving import restore  # pylint: disable=import-outside-toplevel
-    return restore.num_classes_from_checkpoint(config, checkpoint_path)
+  """Classes of the run's classifier (`tfreid.training.restore.num_training_identities`)."""
+  from tfreid.training import restore  # pylint: disable=import-outside-toplevel
+  return restore.num_training_identities(config, checkpoint_path)
 
 
 def restore_model(config, checkpoint_path: str, num_classes: int):
-  """Builds the model of `config` with `model.backbone.init=none` and restores every one of
-  its variables from `checkpoint_path`. Returns (model, checkpoint global step or None)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from tfreid.models import build_model  # pylint: disable=import-outside-toplevel
-  from tfreid.training import trainer  # pylint: disable=import-outside-toplevel
-  build_config = copy.deepcopy(config)
-  # The checkpoint overwrites every weight: no pretrained file is downloaded or read.
-  build_config.model.backbone.init = "none"
-  trainer.set_mixed_precision(build_config.runtime)
-  model = build_model(build_config, num_classes)
-  model(trainer.dummy_inputs(build_config), training=False)
-  where = (f"checkpoint {checkpoint_path} does not fit the model built from the run's "
-           f"config.yaml with {num_classes} training identities")
-  try:
-    status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError) as e:
-    raise ValueError(f"{where}: {str(e)[:300]} Evaluate a checkpoint of this run (--checkpoint) "
-                     "with the config.yaml it was trained with.") from e
-  status.expect_partial()  # optimizer slots and RNG states are not needed here.
-  reader = tf.train.load_checkpoint(checkpoint_path)
-  key = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
-  step = int(reader.get_tensor(key)) if reader.has_tensor(key) else None
-  return model, step
+  """The run's model restored from `checkpoint_path`, and the checkpoint's step
+  (`tfreid.training.restore.restore_model`)."""
+  from tfreid.training import restore  # pylint: disable=import-outside-toplevel
+  return restore.restore_model(config, checkpoint_path, num_classes)
 
 
 def _check_no_overlap(train_config, test_manifest, split: int, cross: bool) -> None:
@@ -300,5 +265,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from tfreid import console  # pylint: disable=import-outside-toplevel
+  console.quiet_tensorflow_start()
   define_flags()
   app.run(main)

@@ -284,5 +284,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from tfreid import console  # pylint: disable=import-outside-toplevel
+  console.quiet_tensorflow_start()
   define_flags()
   app.run(main)

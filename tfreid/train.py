@@ -79,5 +79,7 @@ def run_reporting_errors(fn):
 
 
 if __name__ == "__main__":
+  from tfreid import console  # pylint: disable=import-outside-toplevel
+  console.quiet_tensorflow_start()
   define_flags()
   app.run(main)

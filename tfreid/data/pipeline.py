@@ -65,6 +65,7 @@ from tfreid.data import augment
 from tfreid.data import reader
 from tfreid.data import samplers
 from tfreid.data import schema
+from tfreid.data import streams as streams_lib
 
 DatasetError = schema.DatasetError
 # Batches prefetched.
@@ -101,8 +102,31 @@ def _plain(fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
-def _data_config(config):
-  return config.data if hasattr(config, "data") else config
+class _Data:
+  """A DataConfig together with the streams the model reads (`use_flow`, `use_keypoints`):
+  the pipeline delivers exactly those (`tfreid.data.streams`)."""
+
+  def __init__(self, data, streams):
+    self._data = data
+    self.streams = streams_lib.check_names(streams, "the pipeline's caller")
+    self.use_flow = "flow" in self.streams
+    self.use_keypoints = "keypoints" in self.streams
+
+  def __getattr__(self, key):
+    return getattr(self._data, key)
+
+
+def _data_config(config, streams=None) -> _Data:
+  """The data section of `config` (an ExperimentConfig or a DataConfig) with its streams:
+  `streams` when given, else the model's declaration (ExperimentConfig), else RGB clips."""
+  if isinstance(config, _Data):
+    return config if streams is None else _Data(config._data, streams)  # pylint: disable=protected-access
+  if hasattr(config, "data"):
+    if streams is None:
+      from tfreid.models import contract  # pylint: disable=import-outside-toplevel
+      streams = contract.input_streams(config)
+    return _Data(config.data, streams)
+  return _Data(config, streams or ("clips",))
 
 
 # ----------------------------------------------------------------- index and checks
@@ -308,7 +332,8 @@ def _pipeline_rows(index: reader.TrackletIndex, pipeline_id: int, num_pipelines:
 
 
 def _train_dataset(index: reader.TrackletIndex, data, seed: int,
-                   input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+                   input_context: tf.distribute.InputContext,
+                   start_step: int = 0) -> tf.data.Dataset:
   """Per-replica PK batches of one input pipeline (module docstring)."""
   replicas = input_context.num_replicas_in_sync
   pipelines = input_context.num_input_pipelines
@@ -399,9 +424,17 @@ def _train_dataset(index: reader.TrackletIndex, data, seed: int,
     plan = augment.ClipPlan.from_dict(element["plan"]) if "plan" in element else None
     return _decode(element["arrays"], element["meta"], element["params"], plan, data, spec)
 
-  ds = tf.data.Dataset.counter().flat_map(_plain(epoch))
+  # A global step takes one per-replica batch from this pipeline for each of its replicas;
+  # an epoch holds ids_per_epoch / p_replica of them. A stream that starts at a later step
+  # starts at that step's epoch and skips the batches before it (only their small plans are
+  # computed, no record is read).
+  batches_per_epoch = ids_per_epoch // p_replica
+  first_batch = start_step * replicas_here
+  start_epoch, skip = divmod(first_batch, batches_per_epoch)
+  ds = tf.data.Dataset.counter(start=start_epoch).flat_map(_plain(epoch))
   # Records are read a per-replica batch at a time, ahead of the decoding.
-  ds = ds.batch(p_replica * k, drop_remainder=True).map(_plain(read)).prefetch(1).unbatch()
+  ds = ds.batch(p_replica * k, drop_remainder=True).skip(skip)
+  ds = ds.map(_plain(read)).prefetch(1).unbatch()
   ds = ds.map(_plain(clip), num_parallel_calls=_parallel_calls(), deterministic=True)
   if data.skip_corrupt:
     ds = ds.batch(k, drop_remainder=True)
@@ -420,34 +453,41 @@ def _drop_valid(batch):
   return batch
 
 
-def train_dataset_fn(config, seed: int = 0, index: Optional[reader.TrackletIndex] = None):
+def train_dataset_fn(config, seed: int = 0, index: Optional[reader.TrackletIndex] = None,
+                     streams=None, start_step: int = 0):
   """The dataset function for `strategy.distribute_datasets_from_function`."""
-  data = _data_config(config)
+  data = _data_config(config, streams)
   index = index if index is not None else _load(data, "train")
 
   def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-    return _train_dataset(index, data, seed, input_context)
+    return _train_dataset(index, data, seed, input_context, start_step)
 
   return dataset_fn
 
 
 def make_train_dataset(config, strategy: Optional[tf.distribute.Strategy] = None,
-                       seed: Optional[int] = None):
+                       seed: Optional[int] = None, streams=None, start_step: int = 0):
   """Infinite training batches (data/__init__.py contract).
 
   Args:
-    config: an ExperimentConfig (its `data`, and `runtime.seed` when `seed` is None) or a
-      DataConfig.
+    config: an ExperimentConfig (its `data`, the model's streams, and `runtime.seed` when
+      `seed` is None) or a DataConfig.
     strategy: None for a `tf.data.Dataset` of global batches (P x K clips); otherwise a
       `tf.distribute` dataset of per-replica batches (P / replicas x K clips each).
-    seed: batches are a deterministic function of the seed.
+    seed: batches are a deterministic function of the seed and of their position in the
+      stream: epoch e of seed s is drawn from the key (s, pipeline, e), so different seeds
+      share no epoch.
+    streams: the streams to deliver (default: the model's declaration for an
+      ExperimentConfig, RGB clips for a DataConfig).
+    start_step: the global step the stream starts at (a resumed run): the batches are those
+      a stream started at step 0 would give from that step on.
   """
-  data = _data_config(config)
+  data = _data_config(config, streams)
   if seed is None:
     seed = int(getattr(getattr(config, "runtime", None), "seed", 0))
   index = _load(data, "train")
   steps_per_epoch(data, index)
-  dataset_fn = train_dataset_fn(data, seed, index)
+  dataset_fn = train_dataset_fn(data, seed, index, start_step=start_step)
   if strategy is None:
     return dataset_fn(tf.distribute.InputContext(1, 0, 1))
   replicas = strategy.num_replicas_in_sync
@@ -464,7 +504,8 @@ def make_train_dataset(config, strategy: Optional[tf.distribute.Strategy] = None
 
 def make_test_dataset(config, partition: str, split: Optional[int] = None,
                       protocol: Optional[str] = None,
-                      index: Optional[reader.TrackletIndex] = None) -> tf.data.Dataset:
+                      index: Optional[reader.TrackletIndex] = None,
+                      streams=None) -> tf.data.Dataset:
   """Batches of every test clip of a partition (module docstring).
 
   Args:
@@ -476,7 +517,7 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
 
   Elements: the batch contract of data/__init__.py plus `index` int32 [B].
   """
-  data = _data_config(config)
+  data = _data_config(config, streams)
   if index is None:
     index = _load(data, partition, split, protocol)
   else:

@@ -441,20 +441,24 @@ def load_partition(data_dir: str, partition: str = "train", split: int = 0,
 
 
 def check_streams(index: TrackletIndex, use_flow: bool, use_keypoints: bool) -> None:
-  """Raises when the config asks for a stream the dataset was converted without."""
+  """Raises when the model reads a stream the dataset was converted without; the message
+  gives the converter command that adds it."""
   where = index.manifest_path
+  command = (f"python -m data_pipelines.convert --dataset={index.manifest.get('dataset', 'NAME')}"
+             f" --input_dir={index.manifest.get('source', 'RAW_DATASET_FOLDER')} "
+             f"--output_dir=NEW_DIR")
   if use_flow and ("flow" not in index.manifest or not index.has_flow.all()):
     raise DatasetError(
-        f"data.use_flow is set (the model takes optical flow) but the dataset in "
+        f"the model reads optical flow (its declared input streams) but the dataset in "
         f"{index.data_dir} has no flow ({where} has no 'flow' entry or some records lack "
-        "it). Convert it again with the --optical_flow flag: python -m "
-        "data_pipelines.convert ... --optical_flow")
+        f"it). Convert it again with optical flow: {command} --optical_flow (keep any "
+        "other flags of the first conversion), then pass --data_dir=NEW_DIR.")
   if use_keypoints and ("keypoints" not in index.manifest or not index.has_keypoints.all()):
     raise DatasetError(
-        f"data.use_keypoints is set (the model takes body keypoints) but the dataset in "
+        f"the model reads body keypoints (its declared input streams) but the dataset in "
         f"{index.data_dir} has none ({where} has no 'keypoints' entry or some records lack "
-        "them). Convert it again with --keypoints=FILE (per-frame joints): python -m "
-        "data_pipelines.convert ... --keypoints=FILE")
+        f"them). Convert it again with per-frame joints: {command} --keypoints=FILE (keep "
+        "any other flags of the first conversion), then pass --data_dir=NEW_DIR.")
 
 
 # ---------------------------------------------------------------- record reading

@@ -1,4 +1,11 @@
-"""Losses: label-smoothed cross-entropy, triplet (batch-hard, batch-all), OIM, pair BCE.
+"""Losses: label-smoothed cross-entropy, triplet (batch-hard, batch-all), OIM, pair BCE, and
+every loss a method brings.
+
+A loss type is a module of this package (or any module, named by its dotted path) with a
+``Config`` dataclass (``type``, ``weight`` and its own keys; an optional
+``validate(prefix, experiment_config)``) and ``build(name, config, context) -> LossTerm``.
+The experiment lists its terms by name in ``config.losses`` (`tfreid.config.LossesConfig`);
+:func:`build_losses` builds the terms of positive weight. No list here names the types.
 
 Every loss is a :class:`LossTerm`: ``term(outputs, batch)`` returns the MEAN loss over the
 local (per-replica) batch as a float32 scalar, whatever the compute dtype of the model
@@ -16,6 +23,8 @@ XLA-compiled function, after the gradient step. Build the terms under
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import tensorflow as tf
 
@@ -61,32 +70,40 @@ def get_labels(batch: dict, loss_name: str) -> tf.Tensor:
   return tf.cast(tf.reshape(batch["labels"], [-1]), tf.int32)
 
 
-def build_losses(config, num_classes: int, embedding_dim: int) -> list[LossTerm]:
-  """Builds the loss terms of ``config.losses`` whose weight is > 0.
+@dataclasses.dataclass
+class LossContext:
+  """What a loss may need besides its config when it is built.
 
-  Args:
-    config: an ``ExperimentConfig``.
-    num_classes: number of training identities (size of the OIM lookup table).
-    embedding_dim: dimension of the feature OIM is computed on.
-
-  Returns:
-    The terms in the order cross_entropy, triplet, oim, pair_bce. Call under
-    ``strategy.scope()``: OIM creates its lookup table at construction.
+  Attributes:
+    num_classes: training identities (e.g. OIM's lookup-table rows).
+    output_shapes: the model's training outputs, name -> shape without the batch axis
+      (e.g. the width of the feature OIM reads).
+    model: the model; a term may call its distance functions
+      (`tfreid.models.contract.distance_functions`) inside the compiled step.
+    config: the ExperimentConfig.
   """
-  losses = config.losses
+  num_classes: int
+  output_shapes: dict
+  model: object = None
+  config: object = None
+
+
+def build_losses(config, context: LossContext) -> list[LossTerm]:
+  """Builds the terms of ``config.losses`` whose weight is > 0, in config order.
+
+  Call under ``strategy.scope()``: a stateful term (OIM) creates its variables here.
+  """
+  import importlib  # pylint: disable=import-outside-toplevel
   terms: list[LossTerm] = []
-  if losses.cross_entropy.weight > 0:
-    terms.append(CrossEntropyLoss(label_smoothing=losses.cross_entropy.label_smoothing,
-                                  weight=losses.cross_entropy.weight))
-  if losses.triplet.weight > 0:
-    terms.append(TripletLoss(margin=losses.triplet.margin, mining=losses.triplet.mining,
-                             feature=losses.triplet.feature, weight=losses.triplet.weight))
-  if losses.oim.weight > 0:
-    terms.append(OIMLoss(num_classes=num_classes, embedding_dim=embedding_dim,
-                         scale=losses.oim.scale, momentum=losses.oim.momentum,
-                         feature=losses.oim.feature, weight=losses.oim.weight))
-  if losses.pair_bce.weight > 0:
-    terms.append(PairBCELoss(weight=losses.pair_bce.weight))
+  for name, term_config in config.losses.active():
+    loss_type = term_config.type
+    module = importlib.import_module(loss_type if "." in loss_type
+                                     else f"tfreid.losses.{loss_type}")
+    term = module.build(name, term_config, context)
+    if term.name != name or term.weight != float(term_config.weight):
+      raise ValueError(f"loss type {loss_type!r}: build() must return a term named {name!r} "
+                       f"with weight {term_config.weight} (got {term.name!r}, {term.weight}).")
+    terms.append(term)
   return terms
 
 
@@ -100,7 +117,7 @@ from tfreid.losses.triplet import (TripletLoss, batch_all_triplet_loss,
                                    pairwise_euclidean_distance)
 
 __all__ = [
-    "LossTerm", "build_losses", "get_output", "get_labels",
+    "LossTerm", "LossContext", "build_losses", "get_output", "get_labels",
     "CrossEntropyLoss", "label_smoothed_cross_entropy",
     "TripletLoss", "batch_hard_triplet_loss", "batch_all_triplet_loss", "batch_hard_mining",
     "pairwise_euclidean_distance",

@@ -21,7 +21,11 @@ eq. 8.
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
+
+from tfreid.config import ConfigError
 
 from tfreid.losses import LossTerm, get_labels, get_output
 
@@ -56,8 +60,8 @@ class CrossEntropyLoss(LossTerm):
   """
 
   def __init__(self, label_smoothing: float = 0.1, weight: float = 1.0,
-               logits_key: str = "logits"):
-    super().__init__(name="cross_entropy", weight=weight)
+               logits_key: str = "logits", name: str = "cross_entropy"):
+    super().__init__(name=name, weight=weight)
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
     self.label_smoothing = float(label_smoothing)
@@ -67,3 +71,24 @@ class CrossEntropyLoss(LossTerm):
     logits = get_output(outputs, self.logits_key, self.name)
     labels = get_labels(batch, self.name)
     return label_smoothed_cross_entropy(logits, labels, self.label_smoothing)
+
+
+@dataclasses.dataclass
+class Config:
+  """``losses.<name>`` of type cross_entropy."""
+  type: str = "cross_entropy"
+  weight: float = 1.0
+  # eps of eq. 9.
+  label_smoothing: float = 0.1
+  # Model output holding the class scores [B, N].
+  logits: str = "logits"
+
+  def validate(self, prefix: str, config=None) -> None:
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ConfigError(f"{prefix}.label_smoothing must be in [0, 1), got "
+                        f"{self.label_smoothing}.")
+
+
+def build(name: str, config: Config, context) -> CrossEntropyLoss:
+  del context
+  return CrossEntropyLoss(config.label_smoothing, config.weight, config.logits, name=name)

@@ -29,7 +29,11 @@ It is not trainable: the optimizer never sees it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
+
+from tfreid.config import ConfigError
 
 from tfreid.losses import LossTerm, get_labels, get_output
 
@@ -105,8 +109,9 @@ class OIMLoss(LossTerm):
   stateful = True
 
   def __init__(self, num_classes: int, embedding_dim: int, scale: float = 30.0,
-               momentum: float = 0.5, feature: str = "embedding", weight: float = 1.0):
-    super().__init__(name="oim", weight=weight)
+               momentum: float = 0.5, feature: str = "embedding", weight: float = 1.0,
+               name: str = "oim"):
+    super().__init__(name=name, weight=weight)
     if num_classes < 1 or embedding_dim < 1:
       raise ValueError("OIM needs num_classes >= 1 and embedding_dim >= 1, got "
                        f"{num_classes} and {embedding_dim}.")
@@ -150,3 +155,29 @@ class OIMLoss(LossTerm):
       features = context.all_gather(features, axis=0)
       labels = context.all_gather(labels, axis=0)
     self.table.assign(oim_update(self.table, features, labels, self.momentum))
+
+
+@dataclasses.dataclass
+class Config:
+  """``losses.<name>`` of type oim. The table width follows the model output `feature`."""
+  type: str = "oim"
+  weight: float = 1.0
+  scale: float = 30.0
+  momentum: float = 0.5
+  feature: str = "embedding"
+
+  def validate(self, prefix: str, config=None) -> None:
+    if not 0.0 <= self.momentum <= 1.0:
+      raise ConfigError(f"{prefix}.momentum must be in [0, 1], got {self.momentum}.")
+    if not self.scale > 0:
+      raise ConfigError(f"{prefix}.scale must be > 0, got {self.scale}.")
+
+
+def build(name: str, config: Config, context) -> OIMLoss:
+  shape = context.output_shapes.get(config.feature)
+  if shape is None or len(shape) != 1:
+    raise ValueError(f"losses.{name} (oim) reads model output {config.feature!r} of shape "
+                     f"[B, D]; the model's outputs are "
+                     f"{ {k: list(v) for k, v in context.output_shapes.items()} }.")
+  return OIMLoss(context.num_classes, int(shape[0]), config.scale, config.momentum,
+                 config.feature, config.weight, name=name)

@@ -18,6 +18,8 @@ before the sigmoid. The diagonal is ignored.
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from tfreid.losses import LossTerm, get_labels, get_output
@@ -49,8 +51,9 @@ class PairBCELoss(LossTerm):
     logits_key: the model output holding the [B, B] pair logits.
   """
 
-  def __init__(self, weight: float = 1.0, logits_key: str = "pair_logits"):
-    super().__init__(name="pair_bce", weight=weight)
+  def __init__(self, weight: float = 1.0, logits_key: str = "pair_logits",
+               name: str = "pair_bce"):
+    super().__init__(name=name, weight=weight)
     self.logits_key = logits_key
 
   def __call__(self, outputs: dict, batch: dict) -> tf.Tensor:
@@ -61,3 +64,17 @@ class PairBCELoss(LossTerm):
       raise ValueError(f"pair BCE expects outputs[{self.logits_key!r}] of shape [B, B] (the "
                        f"logit of every pair of clips in the batch), got {logits.shape}.")
     return pair_binary_cross_entropy(logits, labels)
+
+
+@dataclasses.dataclass
+class Config:
+  """``losses.<name>`` of type pair_bce."""
+  type: str = "pair_bce"
+  weight: float = 1.0
+  # Model output holding the [B, B] pair logits.
+  logits: str = "pair_logits"
+
+
+def build(name: str, config: Config, context) -> PairBCELoss:
+  del context
+  return PairBCELoss(config.weight, config.logits, name=name)

@@ -23,7 +23,11 @@ distance is below 1e-12 (the derivative of sqrt is unbounded there), so identica
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
+
+from tfreid.config import ConfigError
 
 from tfreid.losses import LossTerm, get_labels, get_output
 
@@ -93,6 +97,24 @@ def _masked_mean(values, mask):
   return total / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
+def batch_hard_loss_from_distances(distances, labels, margin: float = 0.3) -> tf.Tensor:
+  """mean_a [m + max_p D(a, p) - min_n D(a, n)]_+ over the valid anchors of a [B, B]
+  distance matrix (eq. 7's hinge on any distance)."""
+  mined = batch_hard_mining(tf.cast(distances, tf.float32), labels)
+  per_anchor = tf.nn.relu(margin + mined["positive_distance"] - mined["negative_distance"])
+  return _masked_mean(per_anchor, mined["valid"])
+
+
+def batch_all_loss_from_distances(distances, labels, margin: float = 0.3) -> tf.Tensor:
+  """1/N sum [D(a, p) - D(a, n) + m]_+ over the N valid triplets of a [B, B] distance
+  matrix (a3d eq. 14's average on any distance)."""
+  distances = tf.cast(distances, tf.float32)
+  positive_mask, negative_mask = _label_masks(labels)
+  per_triplet = tf.nn.relu(distances[:, :, None] - distances[:, None, :] + margin)
+  valid = tf.logical_and(positive_mask[:, :, None], negative_mask[:, None, :])
+  return _masked_mean(per_triplet, valid)
+
+
 def batch_hard_triplet_loss(features, labels, margin: float = 0.3) -> tf.Tensor:
   """Batch-hard triplet loss (nonlocal_i3d eq. 7), averaged over the valid anchors.
 
@@ -104,10 +126,7 @@ def batch_hard_triplet_loss(features, labels, margin: float = 0.3) -> tf.Tensor:
   Returns:
     float32 scalar mean_a [m + max_p D(a, p) - min_n D(a, n)]_+ (Euclidean D).
   """
-  distances = pairwise_euclidean_distance(features)
-  mined = batch_hard_mining(distances, labels)
-  per_anchor = tf.nn.relu(margin + mined["positive_distance"] - mined["negative_distance"])
-  return _masked_mean(per_anchor, mined["valid"])
+  return batch_hard_loss_from_distances(pairwise_euclidean_distance(features), labels, margin)
 
 
 def batch_all_triplet_loss(features, labels, margin: float = 0.3) -> tf.Tensor:
@@ -121,42 +140,91 @@ def batch_all_triplet_loss(features, labels, margin: float = 0.3) -> tf.Tensor:
   Returns:
     float32 scalar 1/N sum [||a - p||^2 - ||a - n||^2 + m]_+ over the N valid triplets.
   """
-  squared = pairwise_squared_distance(features)
-  positive_mask, negative_mask = _label_masks(labels)
-  per_triplet = tf.nn.relu(squared[:, :, None] - squared[:, None, :] + margin)
-  valid = tf.logical_and(positive_mask[:, :, None], negative_mask[:, None, :])
-  return _masked_mean(per_triplet, valid)
+  return batch_all_loss_from_distances(pairwise_squared_distance(features), labels, margin)
 
 
 class TripletLoss(LossTerm):
-  """Triplet loss on ``outputs[feature]``: batch-hard (eq. 7) or batch-all (a3d eq. 14).
+  """Triplet loss: batch-hard (eq. 7) or batch-all (a3d eq. 14).
+
+  With ``distance_fn`` None the loss reads ``outputs[feature]`` ([B, D]) and uses the
+  Euclidean distance (batch-hard) or the squared one (batch-all, as eq. 14 prints). With a
+  ``distance_fn`` (a model's own distance, `tfreid.models.contract.distance_functions`,
+  e.g. stal's attention-weighted part distance) the [B, B] distances are
+  ``distance_fn(outputs, outputs)`` and ``feature`` is not read.
 
   Args:
     margin: the triplet margin m.
-    mining: "batch_hard" (Euclidean distances, hardest positive and negative per anchor) or
-      "batch_all" (squared distances, mean over all valid triplets).
+    mining: "batch_hard" (hardest positive and negative per anchor) or "batch_all" (mean
+      over all valid triplets).
     feature: model output the loss is computed on ([B, D]).
     weight: factor of the term in the total loss.
+    distance_fn: None, or a function of (outputs, outputs) -> [B, B].
+    name: the term's name.
   """
 
   MINING = ("batch_hard", "batch_all")
 
   def __init__(self, margin: float = 0.3, mining: str = "batch_hard",
-               feature: str = "embedding", weight: float = 1.0):
-    super().__init__(name="triplet", weight=weight)
+               feature: str = "embedding", weight: float = 1.0, distance_fn=None,
+               name: str = "triplet"):
+    super().__init__(name=name, weight=weight)
     if mining not in self.MINING:
       raise ValueError(f"triplet mining {mining!r} is not supported; expected one of "
                        f"{self.MINING}.")
     self.margin = float(margin)
     self.mining = mining
     self.feature = feature
+    self._distance_fn = distance_fn
 
   def __call__(self, outputs: dict, batch: dict) -> tf.Tensor:
+    labels = get_labels(batch, self.name)
+    if self._distance_fn is not None:
+      distances = self._distance_fn(outputs, outputs)
+      if self.mining == "batch_hard":
+        return batch_hard_loss_from_distances(distances, labels, self.margin)
+      return batch_all_loss_from_distances(distances, labels, self.margin)
     features = get_output(outputs, self.feature, self.name)
     if features.shape.rank != 2:
       raise ValueError(f"triplet loss expects outputs[{self.feature!r}] of shape [B, D], got "
                        f"{features.shape}.")
-    labels = get_labels(batch, self.name)
     if self.mining == "batch_hard":
       return batch_hard_triplet_loss(features, labels, self.margin)
     return batch_all_triplet_loss(features, labels, self.margin)
+
+
+@dataclasses.dataclass
+class Config:
+  """``losses.<name>`` of type triplet."""
+  type: str = "triplet"
+  weight: float = 1.0
+  margin: float = 0.3
+  # batch_hard | batch_all
+  mining: str = "batch_hard"
+  # Model output the loss is computed on (with distance=euclidean).
+  feature: str = "embedding"
+  # euclidean (on `feature`), or the name of one of the model's distance functions
+  # (tfreid.models.contract.distance_functions), computed on all its outputs.
+  distance: str = "euclidean"
+
+  def validate(self, prefix: str, config=None) -> None:
+    if self.mining not in TripletLoss.MINING:
+      raise ConfigError(f"{prefix}.mining={self.mining!r} is not valid; expected one of "
+                        f"{', '.join(map(repr, TripletLoss.MINING))}.")
+    if self.margin < 0:
+      raise ConfigError(f"{prefix}.margin must be >= 0, got {self.margin}.")
+    if config is not None and config.data.num_instances < 2:
+      raise ConfigError(f"{prefix} needs positives in the batch: data.num_instances (K) "
+                        f"must be >= 2, got {config.data.num_instances}.")
+
+
+def build(name: str, config: Config, context) -> TripletLoss:
+  distance_fn = None
+  if config.distance != "euclidean":
+    from tfreid.models import contract  # pylint: disable=import-outside-toplevel
+    functions = contract.distance_functions(context.model)
+    if config.distance not in functions:
+      raise ValueError(f"losses.{name}.distance={config.distance!r}: the model has no such "
+                       f"distance; expected euclidean or one of {sorted(functions)}.")
+    distance_fn = functions[config.distance]
+  return TripletLoss(config.margin, config.mining, config.feature, config.weight,
+                     distance_fn=distance_fn, name=name)

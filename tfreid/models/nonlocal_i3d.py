@@ -98,12 +98,18 @@ def model_kwargs(config) -> dict:
   return {**resnet3d.resnet3d_kwargs(config.model.backbone), **head_kwargs(config.model.head)}
 
 
-def build(config, num_classes: int) -> NonLocalI3D:
-  """Builds the model of `config` and initialises its backbone per model.backbone.init."""
+def validate_config(config) -> None:
+  """The backbone this method takes (method contract, `tfreid.models.contract`)."""
   backbone = config.model.backbone
   if backbone.name != "resnet3d":
     raise ConfigError(f"model.name=nonlocal_i3d needs model.backbone.name=resnet3d, got "
                       f"{backbone.name!r} (the 2-D baseline is model.name=temporal_pooling).")
+
+
+def build(config, num_classes: int) -> NonLocalI3D:
+  """Builds the model of `config` and initialises its backbone per model.backbone.init."""
+  validate_config(config)
+  backbone = config.model.backbone
   model = NonLocalI3D(num_classes, **model_kwargs(config))
   weights.initialize_backbone(model.backbone, backbone.init, backbone.weights_path, video=True)
   return model

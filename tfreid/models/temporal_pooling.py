@@ -74,6 +74,14 @@ def model_kwargs(config) -> dict:
   return {**resnet2d.resnet2d_kwargs(config.model.backbone), **head_kwargs(config.model.head)}
 
 
+def validate_config(config) -> None:
+  """The backbone this method takes (method contract, `tfreid.models.contract`)."""
+  backbone = config.model.backbone
+  if backbone.name != "resnet2d":
+    raise ConfigError(f"model.name=temporal_pooling needs model.backbone.name=resnet2d, got "
+                      f"{backbone.name!r} (the 3-D model is model.name=nonlocal_i3d).")
+
+
 def build(config, num_classes: int) -> TemporalPooling:
   """Builds the baseline of `config`; the backbone is initialised per model.backbone.init.
 
@@ -81,10 +89,8 @@ def build(config, num_classes: int) -> TemporalPooling:
   model.head; temporal_kernel and nonlocal_blocks concern the 3-D backbone only (config
   validation requires no non-local blocks with resnet2d).
   """
+  validate_config(config)
   backbone = config.model.backbone
-  if backbone.name != "resnet2d":
-    raise ConfigError(f"model.name=temporal_pooling needs model.backbone.name=resnet2d, got "
-                      f"{backbone.name!r} (the 3-D model is model.name=nonlocal_i3d).")
   model = TemporalPooling(num_classes, **model_kwargs(config))
   weights.initialize_backbone(model.backbone, backbone.init, backbone.weights_path, video=False)
   return model

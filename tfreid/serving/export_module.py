@@ -1,18 +1,28 @@
 """The SavedModel export module: a `tf.Module` around a trained model, with its signatures.
 
-Signatures (all take uint8 RGB pixels 0..255; the model normalises them itself):
+Signatures (all take uint8 RGB pixels 0..255; the model normalises them itself). Every
+stream the model declares (`tfreid.models.input_streams`, `tfreid.data.streams`) is an input
+of the clip and tracklet signatures, beside the frames:
 
 - ``serving_default``: ``clips`` uint8 [B, T, H, W, 3], T = data.seq_len, any frame size
-  H x W -> ``{"embedding": float32 [B, D]}``, one embedding per clip.
+  H x W (and ``flow`` float32 [B, T, H, W, 2], ``keypoints`` float32 [B, T, 14, 3] when
+  the model reads them) -> ``{"embedding": float32 [B, D]}``, one embedding per clip.
 - ``embed_tracklet``: ``frames`` uint8 [N, H, W, 3], N >= 1 frames of one tracklet, any
-  frame size -> per-tracklet outputs ``[1, ...]`` (``embedding`` float32 [1, D]; models
-  with a learned metric add every other output their ``pairwise_distance`` reads). The
-  tracklet is cut into test clips by the evaluation's sampler (data.test_sampler,
+  frame size (and ``flow`` [N, H, W, 2], ``keypoints`` [N, 14, 3] of the same frames) ->
+  the tracklet representation ``[1, ...]`` (``embedding`` float32 [1, D]; models with a
+  learned metric add every other key their ``pairwise_distance`` reads). The tracklet is
+  cut into test clips by the evaluation's sampler (data.test_sampler,
   `tfreid.data.samplers.test_clips`: for ``dense``, the ceil(N / T) non-overlapping clips,
   the last one padded cyclically), the clips go through the model in batches of
   export.tracklet_batch_size inside a `tf.while_loop` (one batch in memory at a time), and
-  the clip outputs are averaged, exactly as `tfreid.training.evaluation.extract_features`
-  averages them.
+  their statistics are summed and finished by the model's merge
+  (`tfreid.models.contract.finish_tracklet`), exactly as
+  `tfreid.training.evaluation.extract_features` does.
+- Flow is in source-frame pixels (dx, dy); resized with the frames, its vectors are scaled
+  by (W / w, H / h). Keypoints are (x, y, visibility) in source-frame pixels, the centre of
+  pixel k at k; resized with the frames, x -> (x + 1/2) W / w - 1/2 (likewise y), as the
+  pipeline maps them (`tfreid.data.augment.transform_keypoints`). A frame whose 14 x 3
+  values are all zero has no keypoints and stays all zero.
 - ``distance`` (only for models with ``pairwise_distance``, STYLE.md convention 2):
   ``query_<key>`` [Q, ...] and ``gallery_<key>`` [G, ...] for every per-tracklet output key
   of ``embed_tracklet`` (stack the outputs of several tracklets along the first axis) ->
@@ -34,6 +44,7 @@ the same checks in Python for local callers, before any TensorFlow call.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -41,6 +52,8 @@ import tensorflow as tf
 
 from tfreid.data import augment
 from tfreid.data import samplers
+from tfreid.data import streams as streams_lib
+from tfreid.models import contract
 
 SERVING_DEFAULT = "serving_default"
 EMBED_TRACKLET = "embed_tracklet"
@@ -51,6 +64,10 @@ _AXIS_NAMES = {"clips": ("B", "T", "H", "W", "C"), "frames": ("N", "H", "W", "C"
 _INPUT_HELP = {
     "clips": "B clips of T frames each, any frame size H x W, RGB uint8 0..255",
     "frames": "the N >= 1 frames of one tracklet, any frame size H x W, RGB uint8 0..255",
+    "flow": "optical flow (dx, dy) in source-frame pixels of each frame, the same frames and "
+            "size as the RGB input",
+    "keypoints": "14 joints (x, y, visibility) per frame in source-frame pixels, all zero "
+                 "for a frame without keypoints",
 }
 
 
@@ -58,9 +75,21 @@ class ExportError(ValueError):
   """The model or configuration cannot be exported as asked."""
 
 
-def _axis_names(name: str) -> tuple[str, ...]:
+@dataclasses.dataclass
+class _ShapeOnly:
+  """The frame size and clip length `tfreid.data.streams.dummy_inputs` reads."""
+  height: int
+  width: int
+  seq_len: int
+
+
+def _axis_names(name: str, rank: Optional[int] = None) -> tuple[str, ...]:
   if name in _AXIS_NAMES:
     return _AXIS_NAMES[name]
+  if name in ("flow", "keypoints"):
+    # Per clip (serving_default) or per tracklet frame (embed_tracklet), by rank.
+    lead = ("B", "T") if rank == (5 if name == "flow" else 4) else ("N",)
+    return lead + (("H", "W", "C") if name == "flow" else ("J", "K"))
   if name.startswith("query_"):
     return ("Q",)
   if name.startswith("gallery_"):
@@ -73,7 +102,8 @@ def describe_spec(spec: tf.TensorSpec, axis_names=None) -> str:
 
   `axis_names` names the axes (default: by the spec's name, e.g. clips: B, T, H, W, C).
   """
-  names = axis_names if axis_names is not None else _axis_names(spec.name or "")
+  names = axis_names if axis_names is not None else _axis_names(spec.name or "",
+                                                                 spec.shape.rank)
   dims = []
   for i, dim in enumerate(spec.shape.as_list()):
     dims.append(str(dim) if dim is not None else (names[i] if i < len(names) else "?"))
@@ -100,6 +130,39 @@ def resize_frames(frames: tf.Tensor, height: int, width: int) -> tf.Tensor:
   return tf.ensure_shape(resized, out_shape)
 
 
+def resize_keypoints(keypoints: tf.Tensor, h, w, height: int, width: int) -> tf.Tensor:
+  """Keypoints [..., 14, 3] in h x w source pixels -> in height x width model pixels.
+
+  The pipeline's mapping with no augmentation (`tfreid.data.augment.transform_keypoints`
+  with the whole frame as window): x -> (x + 1/2) * width / w - 1/2, likewise y; the
+  visibility is kept, and a frame whose values are all zero (no keypoints) stays zero.
+  """
+  keypoints = tf.cast(keypoints, tf.float32)
+  sx = width / tf.cast(w, tf.float32)
+  sy = height / tf.cast(h, tf.float32)
+  x = (keypoints[..., 0] + 0.5) * sx - 0.5
+  y = (keypoints[..., 1] + 0.5) * sy - 0.5
+  present = tf.reduce_any(tf.not_equal(keypoints, 0.0), axis=[-2, -1], keepdims=True)
+  out = tf.stack([x, y, keypoints[..., 2]], -1)
+  return tf.where(present, out, tf.zeros_like(out))
+
+
+def _assert_same_frames(inputs: dict, signature: str, axes: int) -> None:
+  """Every stream has the frames of `clips` (the first `axes - 2` axes for flow: batch, T or
+  N; and H, W for flow): a run-time check, as for the specs."""
+  clips = tf.shape(inputs["clips"])
+  lead = axes - 3  # 2 (B, T) for clips, 1 (N) for a tracklet's frames
+  for name in ("flow", "keypoints"):
+    if name not in inputs:
+      continue
+    shape = tf.shape(inputs[name])
+    same = clips[:lead + (2 if name == "flow" else 0)]
+    tf.debugging.assert_equal(
+        shape[:lead + (2 if name == "flow" else 0)], same,
+        message=f"signature {signature!r}: input {name!r} must cover the same frames as the "
+                f"RGB input (the same leading axes{' and frame size' if name == 'flow' else ''}).")
+
+
 def _assert_input(x: tf.Tensor, signature: str, spec: tf.TensorSpec,
                   min_leading: int = 0) -> tf.Tensor:
   """`x` after run-time checks of rank, fixed sizes and channels against `spec`."""
@@ -119,7 +182,7 @@ def _assert_input(x: tf.Tensor, signature: str, spec: tf.TensorSpec,
     checks = []
     for axis, dim in enumerate(dims):
       if dim is not None:
-        name = _axis_names(spec.name)[axis:axis + 1] or ("?",)
+        name = _axis_names(spec.name, len(dims))[axis:axis + 1] or ("?",)
         checks.append(tf.debugging.assert_equal(
             shape[axis], dim, message=f"{what}; got another size on axis {axis} "
             f"({name[0]})."))
@@ -174,6 +237,7 @@ class ReidExportModule(tf.Module):
 
   def __init__(self, model, height: int, width: int, seq_len: int,
                test_sampler: str = "dense", tracklet_batch_size: int = 16,
+               streams=("clips",), metric: Optional[str] = None,
                name: Optional[str] = "reid_export"):
     super().__init__(name=name)
     if test_sampler not in samplers.TEST_SAMPLERS:
@@ -190,27 +254,43 @@ class ReidExportModule(tf.Module):
     self.seq_len = int(seq_len)
     self.test_sampler = test_sampler
     self.tracklet_batch_size = int(tracklet_batch_size)
-    self.has_distance = callable(getattr(model, "pairwise_distance", None))
+    self.streams = streams_lib.check_names(streams, "the exported model")
+    # metric: "learned" exports the `distance` signature; None: whenever the model has a
+    # pairwise_distance (callers with a config pass contract.resolve_metric's answer).
+    if metric is None:
+      metric = "learned" if contract.has_learned_metric(model) else "euclidean"
+    if metric == "learned" and not contract.has_learned_metric(model):
+      raise ExportError("metric='learned' but the model has no pairwise_distance.")
+    self.metric = metric
+    self.has_distance = metric == "learned"
     # One eager call builds the model and records its outputs (names, shapes).
-    probe = model({"clips": tf.zeros([1, self.seq_len, self.height, self.width, 3], tf.uint8)},
-                  training=False)
+    dummy = _ShapeOnly(self.height, self.width, self.seq_len)
+    probe = model(streams_lib.dummy_inputs(self.streams, dummy), training=False)
     if not isinstance(probe, Mapping) or "embedding" not in probe:
       raise ExportError("the model must return a dict with 'embedding' (models/__init__.py "
                         f"contract); it returned {type(probe).__name__} "
                         f"{sorted(probe) if isinstance(probe, Mapping) else ''}.")
-    # Per-tracklet outputs: the embedding, plus everything a learned metric reads (all
-    # outputs but the logits, as evaluation.extract_features averages them).
     self.model_variables = [_tf_variable(v) for v in model.variables]  # all built now
-    keys = ([k for k in probe if k != "logits"] if self.has_distance else ["embedding"])
-    self.tracklet_keys = tuple(sorted(keys))
-    self.tracklet_shapes = {k: tuple(probe[k].shape[1:]) for k in self.tracklet_keys}
-    specs = self.input_specs()
-    self.serve = tf.function(self._serve, input_signature=[specs[SERVING_DEFAULT]["clips"]])
-    self.embed_tracklet = tf.function(self._embed_tracklet,
-                                      input_signature=[specs[EMBED_TRACKLET]["frames"]])
+    # Per-clip statistics the tracklet merge sums, and the tracklet representation it
+    # finishes (the embedding, plus what a learned metric reads).
+    statistics = contract.tracklet_statistics(model, probe)
+    self.statistic_shapes = {k: tuple(v.shape[1:]) for k, v in statistics.items()}
+    finished = contract.finish_tracklet(
+        model, {k: tf.cast(v, tf.float64) for k, v in statistics.items()}, tf.ones([1]))
+    keys = ["embedding"]
     if self.has_distance:
-      query = {k: specs[DISTANCE][f"query_{k}"] for k in self.tracklet_keys}
-      gallery = {k: specs[DISTANCE][f"gallery_{k}"] for k in self.tracklet_keys}
+      keys += [k for k in contract.distance_input_keys(model, finished) if k not in keys]
+    self.tracklet_keys = tuple(sorted(keys))
+    self.distance_keys = (contract.distance_input_keys(model, finished)
+                          if self.has_distance else ())
+    self.tracklet_shapes = {k: tuple(finished[k].shape[1:]) for k in self.tracklet_keys}
+    specs = self.input_specs()
+    self.serve = tf.function(self._serve, input_signature=list(specs[SERVING_DEFAULT].values()))
+    self.embed_tracklet = tf.function(self._embed_tracklet,
+                                      input_signature=list(specs[EMBED_TRACKLET].values()))
+    if self.has_distance:
+      query = {k: specs[DISTANCE][f"query_{k}"] for k in self.distance_keys}
+      gallery = {k: specs[DISTANCE][f"gallery_{k}"] for k in self.distance_keys}
       self.distance = tf.function(self._distance, input_signature=[query, gallery])
 
   @property
@@ -221,18 +301,22 @@ class ReidExportModule(tf.Module):
   # --------------------------------------------------------------------- input specs
 
   def input_specs(self) -> dict[str, dict[str, tf.TensorSpec]]:
-    """Input TensorSpecs of every signature, by signature name then input name."""
-    specs = {
-        SERVING_DEFAULT: {"clips": tf.TensorSpec([None, self.seq_len, None, None, 3],
-                                                 tf.uint8, name="clips")},
-        EMBED_TRACKLET: {"frames": tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                 name="frames")},
-    }
+    """Input TensorSpecs of every signature, by signature name then input name (in the
+    order of the signature's positional arguments)."""
+    clip, frame = {}, {}
+    for name in self.streams:
+      stream = streams_lib.STREAMS[name]
+      clip[name] = tf.TensorSpec([None, self.seq_len] + list(stream.frame_shape),
+                                 stream.dtype, name=name)
+      frame_name = "frames" if name == "clips" else name
+      frame[frame_name] = tf.TensorSpec([None] + list(stream.frame_shape), stream.dtype,
+                                        name=frame_name)
+    specs = {SERVING_DEFAULT: clip, EMBED_TRACKLET: frame}
     if self.has_distance:
       specs[DISTANCE] = {
           f"{side}_{key}": tf.TensorSpec((None,) + self.tracklet_shapes[key], tf.float32,
                                          name=f"{side}_{key}")
-          for side in ("query", "gallery") for key in self.tracklet_keys}
+          for side in ("query", "gallery") for key in self.distance_keys}
     return specs
 
   def output_specs(self) -> dict[str, dict[str, tf.TensorSpec]]:
@@ -249,43 +333,62 @@ class ReidExportModule(tf.Module):
 
   # ------------------------------------------------------------------------ compute
 
-  def _clip_outputs(self, clips: tf.Tensor, keys) -> dict[str, tf.Tensor]:
-    """Model outputs `keys` (float32) of uint8 clips [B, T, h, w, 3] of any frame size."""
-    clips = resize_frames(clips, self.height, self.width)
-    outputs = self._model({"clips": clips}, training=False)
-    return {k: tf.cast(outputs[k], tf.float32) for k in keys}
+  def _model_inputs(self, inputs: dict) -> dict[str, tf.Tensor]:
+    """Clip streams [B, T, ...] of any frame size -> the model's inputs at its size."""
+    clips = inputs["clips"]
+    shape = tf.shape(clips)
+    h, w = shape[2], shape[3]
+    out = {"clips": resize_frames(clips, self.height, self.width)}
+    if "flow" in inputs:
+      gain = tf.stack([self.width / tf.cast(w, tf.float32),
+                       self.height / tf.cast(h, tf.float32)])
+      out["flow"] = resize_frames(tf.cast(inputs["flow"], tf.float32), self.height,
+                                  self.width) * gain
+    if "keypoints" in inputs:
+      out["keypoints"] = resize_keypoints(inputs["keypoints"], h, w, self.height, self.width)
+    return out
 
-  def _serve(self, clips):
-    """uint8 clips [B, T, H, W, 3] -> {"embedding": float32 [B, D]}."""
-    spec = self.input_specs()[SERVING_DEFAULT]["clips"]
-    clips = _assert_input(clips, SERVING_DEFAULT, spec)
-    return self._clip_outputs(clips, ("embedding",))
+  def _serve(self, *tensors):
+    """Clip streams [B, T, ...] -> {"embedding": float32 [B, D]}."""
+    specs = self.input_specs()[SERVING_DEFAULT]
+    inputs = {name: _assert_input(x, SERVING_DEFAULT, spec)
+              for (name, spec), x in zip(specs.items(), tensors)}
+    _assert_same_frames(inputs, SERVING_DEFAULT, axes=4)
+    outputs = self._model(self._model_inputs(inputs), training=False)
+    return {"embedding": tf.cast(outputs["embedding"], tf.float32)}
 
-  def _embed_tracklet(self, frames):
-    """uint8 frames [N, H, W, 3] of one tracklet -> mean clip outputs [1, ...]."""
-    spec = self.input_specs()[EMBED_TRACKLET]["frames"]
-    frames = _assert_input(frames, EMBED_TRACKLET, spec, min_leading=1)
-    clip_index = samplers.test_clips(self.test_sampler, tf.shape(frames)[0], self.seq_len)
+  def _embed_tracklet(self, *tensors):
+    """The N frames of one tracklet (and their other streams) -> its representation
+    [1, ...]."""
+    specs = self.input_specs()[EMBED_TRACKLET]
+    inputs = {("clips" if name == "frames" else name):
+              _assert_input(x, EMBED_TRACKLET, spec, min_leading=1)
+              for (name, spec), x in zip(specs.items(), tensors)}
+    _assert_same_frames(inputs, EMBED_TRACKLET, axes=3)
+    clip_index = samplers.test_clips(self.test_sampler, tf.shape(inputs["clips"])[0],
+                                     self.seq_len)
     num_clips = tf.shape(clip_index)[0]
     step = self.tracklet_batch_size
 
     def batch_sum(start):
-      clips = tf.gather(frames, clip_index[start:start + step])  # [b, T, H, W, 3]
-      outputs = self._clip_outputs(clips, self.tracklet_keys)
-      # Summed in float64, as extract_features does, then divided once.
+      rows = clip_index[start:start + step]
+      clips = {k: tf.gather(v, rows) for k, v in inputs.items()}  # [b, T, ...]
+      outputs = self._model(self._model_inputs(clips), training=False)
+      statistics = contract.tracklet_statistics(self._model, outputs)
+      # Summed in float64, as extract_features does, then finished once.
       return {k: tf.reduce_sum(tf.cast(v, tf.float64), 0, keepdims=True)
-              for k, v in outputs.items()}
+              for k, v in statistics.items()}
 
     def body(start, sums):
       new = batch_sum(start)
       return start + step, {k: sums[k] + new[k] for k in sums}
 
-    zeros = {k: tf.zeros((1,) + self.tracklet_shapes[k], tf.float64) for k in self.tracklet_keys}
+    zeros = {k: tf.zeros((1,) + shape, tf.float64) for k, shape in self.statistic_shapes.items()}
     # parallel_iterations=1: one batch of clips goes through the model at a time.
     _, sums = tf.while_loop(lambda start, _: start < num_clips, body, (tf.constant(0), zeros),
                             parallel_iterations=1)
-    count = tf.cast(num_clips, tf.float64)
-    return {k: tf.cast(v / count, tf.float32) for k, v in sums.items()}
+    finished = contract.finish_tracklet(self._model, sums, tf.reshape(num_clips, [1]))
+    return {k: finished[k] for k in self.tracklet_keys}
 
   def _distance(self, query, gallery):
     """The model's pairwise_distance of per-tracklet outputs -> {"distance": [Q, G]}."""

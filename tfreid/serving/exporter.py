@@ -28,6 +28,8 @@ import tensorflow as tf
 import tfreid
 from tfreid import config as cfg
 from tfreid.data import schema
+from tfreid.data import streams as streams_lib
+from tfreid.models import contract
 from tfreid.serving import restore
 from tfreid.serving.export_module import ExportError, ReidExportModule, describe_spec
 
@@ -59,17 +61,14 @@ def resolve_version(export_dir: str, version: int) -> int:
 
 
 def export_module_for(config: cfg.ExperimentConfig, model) -> ReidExportModule:
-  """The `ReidExportModule` of a model built from `config`."""
+  """The `ReidExportModule` of a model built from `config`: the streams it declares, the
+  evaluation's metric (`tfreid.models.contract.resolve_metric`) and tracklet merge."""
   d = config.data
-  if d.use_flow or d.use_keypoints:
-    streams = [s for s, on in (("optical flow", d.use_flow), ("keypoints", d.use_keypoints))
-               if on]
-    raise ExportError(f"{config.experiment} reads {' and '.join(streams)} besides the RGB "
-                      "clips; the export signatures take RGB frames only, so this model "
-                      "cannot be exported yet.")
   return ReidExportModule(model, height=d.height, width=d.width, seq_len=d.seq_len,
                           test_sampler=d.test_sampler,
-                          tracklet_batch_size=config.export.tracklet_batch_size)
+                          tracklet_batch_size=config.export.tracklet_batch_size,
+                          streams=contract.input_streams(config),
+                          metric=contract.resolve_metric(config, model))
 
 
 # Names of the free axes of the signature outputs, for the model card.
@@ -116,7 +115,8 @@ def model_card(run: restore.RestoredRun, module: ReidExportModule, model_dir: st
       "dataset": {"name": dataset, "data_dir": config.data.data_dir,
                   "split": config.data.split, "num_train_identities": run.num_classes},
       "protocol": (metrics or {}).get("protocol", config.eval.protocol),
-      "distance": "learned" if module.has_distance else config.eval.distance,
+      "distance": module.metric,
+      "streams": {name: streams_lib.STREAMS[name].description for name in module.streams},
       "metrics": metrics,
       "checkpoint": {"path": os.path.abspath(run.checkpoint_path), "step": run.step},
       "input": {

@@ -2,8 +2,9 @@
 
 Every clip of every query and gallery tracklet goes through the model (the dense test
 pipeline, clips batched so a 900-frame tracklet never sits in one batch); clip outputs are
-averaged per tracklet (torchreid's "dense" test); the distance is Euclidean (or the
-experiment's `eval.distance`, or the model's own `pairwise_distance`); CMC and mAP follow
+merged per tracklet by the model's merge (the mean, torchreid's "dense" test, unless the
+model declares another: `tfreid.models.contract`); the distance is the model's own metric
+when it has one, else Euclidean (`eval.distance` chooses another); CMC and mAP follow
 `eval.protocol` (`tfreid.metrics.evaluate_rank`).
 
 Reports: `write_reports` writes one evaluation (metrics.json, metrics.md, cmc.png, rank-list
@@ -27,7 +28,9 @@ from tfreid import metrics
 from tfreid.data import pipeline as data_pipeline
 from tfreid.data import reader as data_reader
 from tfreid.data import schema
+from tfreid.data import streams as streams_lib
 from tfreid.metrics import report
+from tfreid.models import contract
 from tfreid.metrics import splits as splits_lib
 
 SUMMARY_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP")
@@ -62,47 +65,45 @@ def resolve_protocol(config: cfg.ExperimentConfig, protocol: str | None = None
   return available[0], "torchreid"
 
 
-def _outputs_to_average(config: cfg.ExperimentConfig, model) -> str:
-  return "all" if config.eval.distance == "learned" else "embedding"
-
-
-# model -> {outputs to average: traced feature function}; entries go with their model.
+# model -> traced feature function; entries go with their model.
 _FEATURE_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _feature_function(model, which: str):
+def _feature_function(model, streams):
   """The model's test forward pass as one tf.function per model (traced once, whatever the
-  partition, split or last-batch size), float32 outputs without the logits."""
+  partition, split or last-batch size): the per-clip statistics its tracklet merge sums
+  (`tfreid.models.contract.tracklet_statistics`), float32."""
+  key = tuple(streams)
   functions = _FEATURE_FUNCTIONS.setdefault(model, {})
-  if which not in functions:
+  if key not in functions:
     model_ref = weakref.ref(model)  # the cache must not keep the model alive
 
     @tf.function(reduce_retracing=True)
     def run(batch):
-      inputs = {k: batch[k] for k in ("clips", "flow", "keypoints") if k in batch}
-      outputs = model_ref()(inputs, training=False)
-      if which == "embedding":
-        outputs = {"embedding": outputs["embedding"]}
-      else:
-        outputs = {k: v for k, v in outputs.items() if k != "logits"}
-      return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+      model = model_ref()
+      outputs = model(streams_lib.model_inputs(batch, key), training=False)
+      return contract.tracklet_statistics(model, outputs)
 
-    functions[which] = run
-  return functions[which]
+    functions[key] = run
+  return functions[key]
 
 
 def extract_features(config: cfg.ExperimentConfig, model, partition: str,
                      protocol: str, split: int | None = None):
-  """Mean clip outputs per tracklet of one partition.
+  """Tracklet representations of one partition: the per-clip statistics of every test clip
+  summed per tracklet (float64), then finished by the model's merge (the mean by default;
+  `tfreid.models.contract.finish_tracklet`), as the exported `embed_tracklet` does.
 
   Returns (features: dict name -> float32 [N, ...], index) where `index` is the reader's
   partition metadata (pids, camids, tracklet_ids in the same order).
   """
   split = config.data.split if split is None else split
+  streams = contract.input_streams(config)
   index = data_reader.load_partition(config.data.data_dir, partition, split=split,
                                      protocol=protocol)
-  dataset = data_pipeline.make_test_dataset(config, partition, split=split, protocol=protocol)
-  run = _feature_function(model, _outputs_to_average(config, model))
+  dataset = data_pipeline.make_test_dataset(config, partition, split=split, protocol=protocol,
+                                            streams=streams)
+  run = _feature_function(model, streams)
   n = len(index.pids)
   sums: dict[str, np.ndarray] = {}
   counts = np.zeros(n, np.int64)
@@ -119,24 +120,25 @@ def extract_features(config: cfg.ExperimentConfig, model, partition: str,
     missing = np.flatnonzero(counts == 0)[:5]
     raise RuntimeError(f"partition {partition!r}: tracklets at positions {missing.tolist()} "
                        "produced no clip.")
-  features = {k: (v / counts.reshape((-1,) + (1,) * (v.ndim - 1))).astype(np.float32)
-              for k, v in sums.items()}
-  return features, index
+  return contract.finish_tracklet(model, sums, counts), index
 
 
 def distance_matrix(config: cfg.ExperimentConfig, model, query: dict, gallery: dict
                     ) -> np.ndarray:
-  if config.eval.distance == "learned":
-    if not hasattr(model, "pairwise_distance"):
-      raise ValueError(f"eval.distance=learned but model {config.model.name!r} has no "
-                       "pairwise_distance; use euclidean, sqeuclidean or cosine.")
+  """Query x gallery distances by the metric `contract.resolve_metric` chooses: the model's
+  learned metric (on the representation keys it reads), or a fixed one on `embedding`."""
+  metric = contract.resolve_metric(config, model)
+  if metric == "learned":
+    keys = contract.distance_input_keys(model, query)
 
     def pairwise(q, g):
       return np.asarray(model.pairwise_distance(q, g))
 
-    return metrics.compute_distance_matrix(query, gallery, metric="learned", pairwise_fn=pairwise)
+    return metrics.compute_distance_matrix({k: query[k] for k in keys},
+                                           {k: gallery[k] for k in keys}, metric="learned",
+                                           pairwise_fn=pairwise)
   return metrics.compute_distance_matrix(query["embedding"], gallery["embedding"],
-                                         metric=config.eval.distance)
+                                         metric=metric)
 
 
 def evaluate_model(config: cfg.ExperimentConfig, model, protocol: str | None = None,

@@ -25,12 +25,18 @@ import keras
 from tfreid import config as cfg
 from tfreid.data import pipeline as data_pipeline
 from tfreid.data import reader as data_reader
-from tfreid.losses import build_losses
+from tfreid.data import streams as streams_lib
+from tfreid.losses import LossContext, build_losses
 from tfreid.models import build_model
+from tfreid.models import contract
 from tfreid.training import checkpoints as ckpt_lib
 from tfreid.training import optimizers as opt_lib
 from tfreid.training import strategy as strategy_lib
 from tfreid.training.progress import ProgressBar
+
+
+# Prefix of the model's own scalars (contract.summary_scalars) among the logged values.
+SCALAR_PREFIX = "metrics/"
 
 
 class TrainingError(RuntimeError):
@@ -45,19 +51,8 @@ def set_mixed_precision(runtime: cfg.RuntimeConfig) -> None:
 
 
 def dummy_inputs(config: cfg.ExperimentConfig, batch: int = 1) -> dict:
-  """A zero batch with the pipeline's shapes, used to build models."""
-  d = config.data
-  inputs = {"clips": tf.zeros((batch, d.seq_len, d.height, d.width, 3), tf.uint8)}
-  if d.use_flow:
-    inputs["flow"] = tf.zeros((batch, d.seq_len, d.height, d.width, 2), tf.float32)
-  if d.use_keypoints:
-    inputs["keypoints"] = tf.zeros((batch, d.seq_len, 14, 3), tf.float32)
-  return inputs
-
-
-def model_inputs(batch: dict) -> dict:
-  """The part of a pipeline batch the model reads."""
-  return {k: batch[k] for k in ("clips", "flow", "keypoints") if k in batch}
+  """A zero batch of the model's declared streams with the pipeline's shapes."""
+  return streams_lib.dummy_inputs(contract.input_streams(config), config.data, batch)
 
 
 def seed_generator_states(model) -> dict:
@@ -91,9 +86,14 @@ class Trainer:
     keras.utils.set_random_seed(config.runtime.seed)
 
     # ------------------------------------------------------------------ data facts
+    self.streams = contract.input_streams(config)
     if num_classes is None:
       train_index = data_reader.load_partition(config.data.data_dir, "train",
                                                split=config.data.split)
+      # A stream the model reads but the dataset lacks stops here, before any model is
+      # built, with the converter command that adds it.
+      data_reader.check_streams(train_index, "flow" in self.streams,
+                                "keypoints" in self.streams)
       num_classes = train_index.num_classes
       if not steps_per_epoch:
         steps_per_epoch = data_pipeline.steps_per_epoch(config.data, train_index)
@@ -120,11 +120,17 @@ class Trainer:
     # --------------------------------------------------------- model, optimizer, losses
     with self.strategy.scope():
       self.model = build_model(model_config, self.num_classes)
-      self.model(dummy_inputs(config), training=False)
+      probe = self.model(dummy_inputs(config), training=False)
+      self.frozen = contract.freeze_layers(self.model, config.trainer.freeze)
+      if self.frozen:
+        logging.info("Frozen (trainer.freeze): %d layers, e.g. %s", len(self.frozen),
+                     ", ".join(self.frozen[:3]))
       self.optimizer = opt_lib.build_optimizer(config, self.steps_per_epoch)
       self.optimizer.build(self.model.trainable_variables)
-      embedding_dim = config.model.head.embedding_dim
-      self.loss_terms = build_losses(config, self.num_classes, embedding_dim)
+      context = LossContext(num_classes=self.num_classes,
+                            output_shapes={k: tuple(v.shape[1:]) for k, v in probe.items()},
+                            model=self.model, config=config)
+      self.loss_terms = build_losses(config, context)
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
 
     # ------------------------------------------------------------ checkpoint, resume
@@ -156,6 +162,12 @@ class Trainer:
       value = tf.cast(term(outputs, batch), tf.float32)
       terms[term.name] = value
       total += term.weight * value
+    # Keras add_loss terms of the model's last call are part of the objective.
+    added = self.model.losses
+    if added:
+      value = tf.add_n([tf.cast(v, tf.float32) for v in added])
+      terms["add_loss"] = value
+      total += value
     wd = self.config.optimizer
     if wd.weight_decay > 0 and wd.weight_decay_mode == "l2":
       l2 = opt_lib.l2_regularization(self.model.trainable_variables, wd.weight_decay)
@@ -167,13 +179,15 @@ class Trainer:
     """Per-replica forward and backward pass; XLA-compiled when runtime.jit_compile."""
     variables = self.model.trainable_variables
     with tf.GradientTape() as tape:
-      outputs = self.model(model_inputs(batch), training=True)
+      outputs = self.model(streams_lib.model_inputs(batch, self.streams), training=True)
       outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
       total, terms = self._loss_values(outputs, batch)
       scaled = total / self.num_replicas
       if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
         scaled = self.optimizer.scale_loss(scaled)
     grads = tape.gradient(scaled, variables)
+    scalars = contract.summary_scalars(self.model, outputs, batch)
+    terms.update({f"{SCALAR_PREFIX}{k}": v for k, v in scalars.items()})
     return grads, total, terms, outputs
 
   def _replica_step(self, batch: dict):
@@ -232,9 +246,12 @@ class Trainer:
     self._stop_signal = signum
     self._stop_requested = True
 
-  def _train_dataset(self, epoch: int):
+  def _train_dataset(self, start_step: int):
+    """The training stream from `start_step` on: a deterministic function of
+    (runtime.seed, step), so a resumed run trains on the batches a straight one would."""
     return data_pipeline.make_train_dataset(self.config, strategy=self.strategy,
-                                            seed=self.config.runtime.seed + epoch)
+                                            seed=self.config.runtime.seed,
+                                            streams=self.streams, start_step=start_step)
 
   def train(self) -> dict:
     """Runs the loop to `trainer.epochs`; returns the last logged values.
@@ -261,13 +278,10 @@ class Trainer:
     window_start, window_steps = time.time(), 0
     last_saved = step
     try:
+      # One stream for the whole run (its epoch planner is traced once).
+      iterator = iter(self._train_dataset(step)) if step < self.total_steps else None
       while step < self.total_steps:
         epoch = step // self.steps_per_epoch
-        iterator = iter(self._train_dataset(epoch))
-        # Resuming mid-epoch: the epoch's batches are a function of (seed, epoch), so the
-        # ones already trained on are drawn again and skipped.
-        for _ in range(step - epoch * self.steps_per_epoch):
-          next(iterator)
         while step < (epoch + 1) * self.steps_per_epoch:
           self._maybe_profile(step)
           batch = next(iterator)
@@ -332,7 +346,8 @@ class Trainer:
       self._profiling = False
 
   def _check_finite(self, step: int, values: dict) -> None:
-    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    bad = [k for k, v in values.items()
+           if not math.isfinite(v) and not k.startswith(SCALAR_PREFIX)]
     if not bad:
       return
     bad_terms = [k for k in bad if k != "loss"] or bad
@@ -354,7 +369,10 @@ class Trainer:
     lr = self.current_learning_rate()
     with writer.as_default(step=step):
       for name, value in values.items():
-        tf.summary.scalar("loss/total" if name == "loss" else f"loss/{name}", value)
+        if name.startswith(SCALAR_PREFIX):
+          tf.summary.scalar(name, value)
+        else:
+          tf.summary.scalar("loss/total" if name == "loss" else f"loss/{name}", value)
       tf.summary.scalar("learning_rate", lr)
       tf.summary.scalar("clips_per_second", clips_per_s)
 
@@ -364,7 +382,7 @@ class Trainer:
     if not self.chief:
       return
     first = lambda v: self.strategy.experimental_local_results(v)[0][:2]
-    sample = {k: first(batch[k]) for k in ("clips", "flow", "keypoints") if k in batch}
+    sample = {k: first(batch[k]) for k in self.streams}
     clips = sample["clips"]
     outputs = self.model(sample, training=False)
     with writer.as_default(step=step):

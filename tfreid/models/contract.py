@@ -1,0 +1,175 @@
+"""The method contract: what a method declares, and the defaults every part of tfreid uses.
+
+A method is one module, ``tfreid/models/<name>.py`` (or any module, named by its dotted
+path in ``model.name``), plus an experiment file and, if it brings any, loss modules in
+``tfreid/losses/``. The trainer, evaluation, export and the config core call the functions
+below and never name a method.
+
+The module:
+  ``build(config, num_classes) -> keras.Model``     required.
+  ``CONFIG_CLASS``                                  the dataclass of the section
+                                                    ``model.<name>`` (typed, nearest-key
+                                                    errors, rejected unknown keys).
+  ``validate_config(config)``                       the method's own checks (its section,
+                                                    backbones it takes, combinations).
+  ``streams(config) -> tuple``                      the input streams it reads
+                                                    (`tfreid.data.streams`): default
+                                                    ``("clips",)``.
+
+The model (every method optional; the default in brackets):
+  ``call(inputs, training)``                        a dict of the declared streams -> a dict
+                                                    of float outputs with ``embedding``
+                                                    [B, D] (and what its losses read).
+  ``tracklet_statistics(outputs) -> dict``          per-clip values that are *summed* over
+                                                    a tracklet's clips [``embedding``, and
+                                                    with a learned metric its
+                                                    ``distance_inputs`` or every output but
+                                                    ``logits``].
+  ``finish_tracklet(sums, count) -> dict``          the tracklet representation from those
+                                                    sums (float32 tensors [N, ...]) and the
+                                                    clip count (float32 [N]) [the mean].
+  ``pairwise_distance(query, gallery) -> [Q, G]``   a learned metric on finished tracklet
+                                                    representations (dicts) [none:
+                                                    Euclidean on ``embedding``].
+  ``distance_inputs``                               the representation keys the metric reads
+                                                    [every key].
+  ``distance_functions() -> {name: fn}``            distances a loss may use on training
+                                                    outputs (``losses.<n>.distance``)
+                                                    [``{"learned": pairwise_distance}``].
+  ``summary_scalars(outputs, batch) -> dict``       scalars to log while training
+                                                    (``metrics/<name>``) [none].
+  Keras ``add_loss`` terms are part of the objective (the term ``add_loss``).
+
+Freezing is configuration (``trainer.freeze``: glob patterns over layer paths), see
+:func:`freeze_layers`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+import tensorflow as tf
+
+from tfreid.data import streams as streams_lib
+
+DEFAULT_STREAMS = ("clips",)
+
+
+def method_module(config):
+  """The module of `config.model.name`."""
+  from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
+  return cfg.import_plugin("tfreid.models", config.model.name, "model")
+
+
+def input_streams(config) -> tuple[str, ...]:
+  """The streams the model of `config` reads, checked against `tfreid.data.streams`."""
+  module = method_module(config)
+  declared = module.streams(config) if hasattr(module, "streams") else DEFAULT_STREAMS
+  return streams_lib.check_names(declared, f"model {config.model.name!r}")
+
+
+def has_learned_metric(model) -> bool:
+  return callable(getattr(model, "pairwise_distance", None))
+
+
+def tracklet_statistics(model, outputs: dict) -> dict:
+  """Per-clip values summed over a tracklet's clips (float32)."""
+  if hasattr(model, "tracklet_statistics"):
+    stats = model.tracklet_statistics(outputs)
+  else:
+    keys = ["embedding"]
+    if has_learned_metric(model):
+      # What the metric reads: its declared inputs, or every output but the class scores.
+      wanted = getattr(model, "distance_inputs", ()) or [k for k in outputs if k != "logits"]
+      keys += [k for k in wanted if k not in keys]
+    stats = {k: outputs[k] for k in keys}
+  return {k: tf.cast(v, tf.float32) for k, v in stats.items()}
+
+
+def uses_default_merge(model) -> bool:
+  return not hasattr(model, "finish_tracklet")
+
+
+def finish_tracklet(model, sums: dict, count) -> dict:
+  """Tracklet representations from summed statistics.
+
+  sums: name -> float64 [N, ...] (numpy or tensors); count: [N] clips per tracklet. The
+  default (the mean) divides in float64; a model's own `finish_tracklet` receives float32
+  tensors. Returns float32 values of the same kind (numpy in, numpy out).
+  """
+  as_numpy = all(isinstance(v, np.ndarray) for v in sums.values())
+  if uses_default_merge(model):
+    out = {}
+    for key, value in sums.items():
+      if as_numpy:
+        c = np.asarray(count, np.float64).reshape((-1,) + (1,) * (value.ndim - 1))
+        out[key] = (value / c).astype(np.float32)
+      else:
+        value = tf.cast(value, tf.float64)
+        c = tf.reshape(tf.cast(count, tf.float64), [-1] + [1] * (value.shape.rank - 1))
+        out[key] = tf.cast(value / c, tf.float32)
+    return out
+  result = model.finish_tracklet({k: tf.cast(v, tf.float32) for k, v in sums.items()},
+                                 tf.cast(count, tf.float32))
+  result = {k: tf.cast(v, tf.float32) for k, v in result.items()}
+  return {k: v.numpy() for k, v in result.items()} if as_numpy else result
+
+
+def distance_input_keys(model, representation_keys) -> tuple[str, ...]:
+  """The representation keys a learned metric reads (all of them by default)."""
+  keys = tuple(getattr(model, "distance_inputs", ()) or sorted(representation_keys))
+  missing = [k for k in keys if k not in representation_keys]
+  if missing:
+    raise ValueError(f"the model's distance reads {missing}, which its tracklet "
+                     f"representation ({sorted(representation_keys)}) lacks.")
+  return keys
+
+
+def resolve_metric(config, model) -> str:
+  """The evaluation metric: "learned" (the model's pairwise_distance) or euclidean,
+  sqeuclidean, cosine, from `eval.distance` ("model": the model's own metric)."""
+  wanted = config.eval.distance
+  if wanted in ("model", "learned"):
+    if has_learned_metric(model):
+      return "learned"
+    if wanted == "learned":
+      raise ValueError(f"eval.distance=learned but model {config.model.name!r} has no "
+                       "pairwise_distance; use model, euclidean, sqeuclidean or cosine.")
+    return "euclidean"
+  return wanted
+
+
+def distance_functions(model) -> dict:
+  """Named distances of (outputs_a, outputs_b) -> [A, B] a loss may use."""
+  if hasattr(model, "distance_functions"):
+    return dict(model.distance_functions())
+  return {"learned": model.pairwise_distance} if has_learned_metric(model) else {}
+
+
+def summary_scalars(model, outputs: dict, batch: dict) -> dict:
+  if not hasattr(model, "summary_scalars"):
+    return {}
+  return {k: tf.cast(tf.reduce_mean(v), tf.float32)
+          for k, v in model.summary_scalars(outputs, batch).items()}
+
+
+def freeze_layers(model, patterns) -> list[str]:
+  """Sets ``trainable=False`` on every layer whose path matches a glob pattern; returns the
+  frozen layers' paths. A frozen BatchNorm runs in inference mode (Keras 3), so its moving
+  statistics stay as they are. A pattern matching no layer is an error naming some paths."""
+  if not patterns:
+    return []
+  layers = [(layer.path, layer) for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+            if getattr(layer, "path", None)]
+  frozen = []
+  for pattern in patterns:
+    hits = [(path, layer) for path, layer in layers if fnmatch.fnmatchcase(path, pattern)]
+    if not hits:
+      shown = ", ".join(sorted({p.rsplit("/", 1)[0] + "/*" for p, _ in layers})[:12])
+      raise ValueError(f"trainer.freeze pattern {pattern!r} matches no layer of the model; "
+                       f"layer paths look like: {shown}.")
+    for path, layer in hits:
+      layer.trainable = False
+      frozen.append(path)
+  return sorted(set(frozen))
