@@ -323,3 +323,23 @@ def test_seeds_share_no_epoch_and_a_stream_resumes_at_any_step(codes):
               != seed1[e1 * per_epoch:(e1 + 1) * per_epoch]), (e0, e1)
   for start in (1, per_epoch, per_epoch + 1):
     assert _plans(config, 0, 3, start_step=start) == seed0[start:start + 3]
+
+
+def test_test_clips_take_data_test_seq_len(codes):
+  """data.test_seq_len sets the test clip length (training keeps seq_len): dense clips of
+  5 frames, ceil(n / 5) per tracklet, consecutive frames."""
+  config = data_config(codes, test_seq_len=5)
+  index = reader.load_partition(codes, "query")
+  counts = {}
+  for batch in take(pipeline.make_test_dataset(config, "query"), 100):
+    assert batch["clips"].shape[1:] == (5, H, W, 3)
+    _, frames = frame_codes(batch["clips"])
+    for b, position in enumerate(batch["index"]):
+      counts[int(position)] = counts.get(int(position), 0) + 1
+      n = int(index.num_frames[position])
+      if n >= 5:
+        assert (np.diff(frames[b]) == 1).all() or frames[b][0] + 4 >= n
+  expected = {p: -(-int(n) // 5) for p, n in enumerate(index.num_frames)}
+  assert counts == expected
+  assert take(pipeline.make_train_dataset(config), 1)[0]["clips"].shape[1] == T
+  assert list(pipeline.test_clips_per_tracklet(config, index)) == list(expected.values())

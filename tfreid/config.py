@@ -55,6 +55,9 @@ class DataConfig:
   width: int = 128
   # Frames per clip (T).
   seq_len: int = 8
+  # Frames per test clip (evaluation, embed_tracklet); 0: seq_len (siamese_convgru tests on
+  # 128-frame clips while training on 16).
+  test_seq_len: int = 0
   # consecutive | restricted_random | random | evenly
   train_sampler: str = "consecutive"
   # Frame step inside a consecutive clip.
@@ -77,6 +80,11 @@ class DataConfig:
   def global_batch_size(self) -> int:
     return self.num_identities * self.num_instances
 
+  @property
+  def test_clip_len(self) -> int:
+    """Frames per test clip: test_seq_len, or seq_len when it is 0."""
+    return self.test_seq_len or self.seq_len
+
   def validate(self) -> None:
     _one_of("data.train_sampler", self.train_sampler,
             ("consecutive", "restricted_random", "random", "evenly"))
@@ -86,6 +94,9 @@ class DataConfig:
       _positive(f"data.{key}", getattr(self, key))
     if self.split < 0:
       raise ConfigError(f"data.split must be >= 0, got {self.split}.")
+    if self.test_seq_len < 0:
+      raise ConfigError(f"data.test_seq_len must be >= 0 (0: data.seq_len), got "
+                        f"{self.test_seq_len}.")
     aug = self.augmentation
     for key in ("crop_enlarge", "random_erasing", "translate", "color_jitter"):
       value = getattr(aug, key)

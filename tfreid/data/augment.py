@@ -129,14 +129,17 @@ class ClipSpec:
 
   @classmethod
   def from_config(cls, data_config, training: bool, **kwargs) -> "ClipSpec":
-    """From a DataConfig; `training=False` disables every random augmentation."""
+    """From a DataConfig; `training=False` disables every random augmentation and takes the
+    test clip length (data.test_seq_len, or seq_len)."""
     aug = data_config.augmentation
     random = {}
     if training:
       random = dict(crop_enlarge=aug.crop_enlarge, translate=aug.translate, flip=aug.flip,
                     random_erasing=aug.random_erasing, color_jitter=aug.color_jitter)
+    seq_len = data_config.seq_len if training else (
+        getattr(data_config, "test_seq_len", 0) or data_config.seq_len)
     return cls(height=data_config.height, width=data_config.width,
-               seq_len=data_config.seq_len, **random, **kwargs)
+               seq_len=seq_len, **random, **kwargs)
 
   @property
   def random(self) -> bool:

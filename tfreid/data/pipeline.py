@@ -169,10 +169,10 @@ def steps_per_epoch(config, index: Optional[reader.TrackletIndex] = None) -> int
 
 
 def test_clips_per_tracklet(config, index: reader.TrackletIndex) -> np.ndarray:
-  """Number of test clips of each tracklet of `index` (data.test_sampler, data.seq_len)."""
+  """Number of test clips of each tracklet of `index` (data.test_sampler, test clip length)."""
   data = _data_config(config)
   return np.asarray(samplers.num_test_clips(data.test_sampler, index.num_frames,
-                                            data.seq_len), np.int64)
+                                            data.test_seq_len or data.seq_len), np.int64)
 
 
 # ------------------------------------------------------------------ record reading
@@ -524,7 +524,7 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
     reader.check_streams(index, data.use_flow, data.use_keypoints)
   tables = _Tables(index)
   spec = _clip_spec(data, index, training=False)
-  sampler, t = data.test_sampler, data.seq_len
+  sampler, t = data.test_sampler, data.test_seq_len or data.seq_len
 
   records = _record_reader(index, data)
 

@@ -64,7 +64,7 @@ def export_module_for(config: cfg.ExperimentConfig, model) -> ReidExportModule:
   """The `ReidExportModule` of a model built from `config`: the streams it declares, the
   evaluation's metric (`tfreid.models.contract.resolve_metric`) and tracklet merge."""
   d = config.data
-  return ReidExportModule(model, height=d.height, width=d.width, seq_len=d.seq_len,
+  return ReidExportModule(model, height=d.height, width=d.width, seq_len=d.test_clip_len,
                           test_sampler=d.test_sampler,
                           tracklet_batch_size=config.export.tracklet_batch_size,
                           streams=contract.input_streams(config),
