@@ -123,6 +123,61 @@ def test_dense_covers_every_frame_once(t):
     assert set(got[-1, m:]) <= set(got[-1, :m])
 
 
+def np_dense_strided(n, t, stride):
+  """Each residue class mod `stride`, in order, cut into clips of t (last padded
+  cyclically); clips sorted by their first frame."""
+  clips = []
+  for r in range(stride):
+    frames = list(range(r, n, stride))
+    for k in range(0, len(frames), t):
+      own = frames[k:k + t]
+      clips.append([own[i % len(own)] for i in range(t)])
+  return np.array(sorted(clips, key=lambda c: c[0]))
+
+
+@pytest.mark.parametrize("t,stride", [(4, 2), (8, 8), (3, 5), (1, 3)])
+def test_strided_dense_covers_every_frame_once_at_the_stride(t, stride):
+  for n in LENGTHS + (57, 64, 130):
+    got = samplers.test_clips("dense", n, t, stride).numpy()
+    np.testing.assert_array_equal(got, np_dense_strided(n, t, stride), err_msg=f"n={n}")
+    assert got.shape == (samplers.num_test_clips("dense", n, t, stride), t)
+    # Every frame in exactly one clip (padding repeats a clip's own frames).
+    assert sorted({int(f) for clip in got for f in set(clip)}) == list(range(n))
+    assert sum(len(set(clip)) for clip in got) == n
+    for clip in got:
+      own = len(set(clip))
+      assert (np.diff(clip[:own]) == stride).all()  # frames `stride` apart
+  lengths = np.array(LENGTHS)
+  np.testing.assert_array_equal(samplers.num_test_clips("dense", lengths, t, stride),
+                                [len(np_dense_strided(n, t, stride)) for n in LENGTHS])
+  # Hand-computed: 20 frames, T=4, stride 3 -> residues of 7, 7, 6 frames -> 2 + 2 + 2 clips.
+  assert samplers.num_test_clips("dense", 20, 4, 3) == 6
+
+
+def test_stride_one_is_the_plain_dense_sampler():
+  for n in LENGTHS:
+    np.testing.assert_array_equal(samplers.test_clips("dense", n, 4, 1).numpy(),
+                                  np_dense(n, 4))
+  with pytest.raises(ValueError, match="dense test sampler takes a stride"):
+    samplers.test_clips("chunk_first", 20, 4, 2)
+
+
+@pytest.mark.parametrize("stride", [1, 8])
+def test_training_and_test_clips_agree_in_spacing(stride):
+  """A consecutive training clip and every full dense test clip at the same stride have
+  frames `stride` apart (nonlocal_i3d trains and tests on one time scale)."""
+  n, t = 200, 8
+  for s in range(5):
+    train = samplers.sample_train_clip("consecutive", n, t, stride,
+                                       tf.constant([s, 1], tf.int64)).numpy()
+    assert (np.diff(train) == stride).all()
+  test = samplers.test_clips("dense", n, t, stride).numpy()
+  full = [clip for clip in test if len(set(clip)) == t]
+  assert len(full) >= len(test) - stride
+  for clip in full:
+    assert (np.diff(clip) == stride).all()
+
+
 def test_chunk_first_is_first_frame_of_each_chunk():
   for n in LENGTHS:
     got = samplers.test_clips("chunk_first", n, 6).numpy()

@@ -7,6 +7,7 @@ SavedModel and runs every signature on inputs this file writes, and the numbers 
 compared here with the Keras model and with `tfreid.training.evaluation.extract_features`.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -345,6 +346,32 @@ def test_embed_tracklet_equals_the_evaluation_feature(served):
     got = served["outputs"][f"tracklet_{i}"]
     assert got.shape == (1, 8)
     assert np.abs(got[0] - features[i]).max() < ATOL, (i, lengths[i])
+
+
+def test_strided_test_clips_agree_between_evaluation_and_embed_tracklet(run):
+  """data.test_sample_stride reaches both the evaluation pipeline and embed_tracklet, and
+  both equal the model's mean over numpy-cut clips of frames 2 apart."""
+  config = copy.deepcopy(run["config"])
+  config.data.test_sample_stride = 2
+  model = run["model"]
+  features, _ = evaluation.extract_features(config, model, "query", "torchreid")
+  module = serving.export_module_for(config, model)
+  assert module.test_stride == 2
+  index = reader.load_partition(run["data_dir"], "query")
+  assert (index.num_frames > 2 * T).any()
+  for i, n in enumerate(index.num_frames):
+    frames = evaluation.read_tracklet_frames(index, i, int(n))
+    got = module.embed_tracklet(tf.constant(frames))["embedding"].numpy()[0]
+    clips = []
+    for r in range(2):
+      own = list(range(r, int(n), 2))
+      for k in range(0, len(own), T):
+        part = own[k:k + T]
+        clips.append([part[j % len(part)] for j in range(T)])
+    resized = _nearest_resize(frames, 32, 16)[np.array(clips)]
+    reference = model({"clips": resized}, training=False)["embedding"].numpy().mean(0)
+    assert np.abs(got - reference).max() < ATOL, (i, n)
+    assert np.abs(features["embedding"][i] - reference).max() < ATOL, (i, n)
 
 
 def test_saved_model_cli_lists_the_signatures(served):

@@ -65,6 +65,11 @@ class DataConfig:
   # dense (every non-overlapping clip of a tracklet) | chunk_first (first frame of each of
   # seq_len chunks, diversity_attention test mode)
   test_sampler: str = "dense"
+  # Frame step inside a dense test clip (evaluation and the exported embed_tracklet): 1 cuts
+  # consecutive frames; s > 1 cuts clips of frames s apart, as `consecutive` training clips
+  # with sample_stride=s are (tfreid/data/samplers.py). Set it with sample_stride so that
+  # the network is tested on the time scale it was trained on.
+  test_sample_stride: int = 1
   # PK batches: P identities x K tracklets per global batch.
   num_identities: int = 32
   num_instances: int = 4
@@ -97,6 +102,11 @@ class DataConfig:
     if self.test_seq_len < 0:
       raise ConfigError(f"data.test_seq_len must be >= 0 (0: data.seq_len), got "
                         f"{self.test_seq_len}.")
+    _positive("data.test_sample_stride", self.test_sample_stride)
+    if self.test_sample_stride > 1 and self.test_sampler != "dense":
+      raise ConfigError(f"data.test_sample_stride={self.test_sample_stride} needs "
+                        f"data.test_sampler=dense (got {self.test_sampler!r}, which takes no "
+                        "stride); set data.test_sample_stride=1.")
     aug = self.augmentation
     for key in ("crop_enlarge", "random_erasing", "translate", "color_jitter"):
       value = getattr(aug, key)

@@ -27,7 +27,7 @@ every pipeline reads every shard and takes the identities p, p + n, ... of the s
 identity list instead.
 
 Test (`make_test_dataset`): every clip of every tracklet of a partition
-(data.test_sampler), resized to (H, W), batched by data.test_batch_size. A record is read
+(data.test_sampler, frames data.test_sample_stride apart), resized to (H, W), batched by data.test_batch_size. A record is read
 once and its clips are produced one by one, so a 900-frame tracklet never sits in one
 batch; memory is bounded by a few records. Each element's `index` is the position of its
 tracklet in the partition order (reader.py); `test_clips_per_tracklet` gives how many clips
@@ -172,7 +172,8 @@ def test_clips_per_tracklet(config, index: reader.TrackletIndex) -> np.ndarray:
   """Number of test clips of each tracklet of `index` (data.test_sampler, test clip length)."""
   data = _data_config(config)
   return np.asarray(samplers.num_test_clips(data.test_sampler, index.num_frames,
-                                            data.test_seq_len or data.seq_len), np.int64)
+                                            data.test_seq_len or data.seq_len,
+                                            data.test_sample_stride), np.int64)
 
 
 # ------------------------------------------------------------------ record reading
@@ -534,7 +535,8 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
 
   def split_clips(arrays, row):
     meta = _meta(tables, row)
-    clip_index = samplers.test_clips(sampler, tf.gather(tables.num_frames, row), t)
+    clip_index = samplers.test_clips(sampler, tf.gather(tables.num_frames, row), t,
+                                     data.test_sample_stride)
 
     def one(frame_index):
       clip = {key: tf.gather(v, frame_index) for key, v in arrays.items() if key != "valid"}

@@ -33,6 +33,13 @@ Test samplers (every clip of a tracklet, `[C, T]`):
 - `dense`: the C = ceil(n / T) non-overlapping clips `[cT, cT + T)`; the last one, when
   short (m = n - cT < T frames), repeats its own frames cyclically: `cT + (i mod m)`. Every
   frame appears in exactly one clip; only the last clip's padding repeats frames.
+  With a test stride s > 1 (data.test_sample_stride; the spacing of `consecutive`
+  training clips of the same stride): the frames of each residue class r = 0..s-1
+  (frames r, r + s, r + 2s, ..., n_r = max(ceil((n - r) / s), 0) of them) are cut into
+  ceil(n_r / T) non-overlapping clips, the last padded cyclically as above: clip k of
+  residue r is `r + s * (kT + (i mod m))`, m = min(n_r - kT, T). Clips are ordered by their
+  first frame. Every frame still appears in exactly one clip and consecutive frames of a
+  clip are s apart (but in a padded clip); s = 1 is the plain `dense` sampler.
 - `chunk_first` (diversity_attention section 4.2, testing): C = 1 clip, the first frame
   `b_k` of each of the T chunks defined above.
 """
@@ -105,8 +112,14 @@ def evenly_indices(num_frames, seq_len: int) -> tf.Tensor:
   return tf.where(n >= seq_len, i * tf.maximum(n // seq_len, 1), tf.minimum(i, n - 1))
 
 
-def dense_indices(num_frames, seq_len: int) -> tf.Tensor:
-  """All non-overlapping clips, [ceil(n / T), T]; the last padded cyclically."""
+def dense_indices(num_frames, seq_len: int, stride: int = 1) -> tf.Tensor:
+  """All non-overlapping clips, [C, T]; the last of each residue class padded cyclically.
+
+  stride 1: the C = ceil(n / T) clips of consecutive frames; stride s > 1: clips of frames
+  s apart (module docstring), C = sum_r ceil(n_r / T).
+  """
+  if stride > 1:
+    return _strided_dense_indices(num_frames, seq_len, stride)
   n = _n(num_frames)
   num_clips = (n + seq_len - 1) // seq_len
   c = tf.range(num_clips, dtype=tf.int32)[:, None]
@@ -114,6 +127,20 @@ def dense_indices(num_frames, seq_len: int) -> tf.Tensor:
   start = c * seq_len
   m = tf.minimum(n - start, seq_len)
   return start + tf.math.floormod(i, m)
+
+
+def _strided_dense_indices(num_frames, seq_len: int, stride: int) -> tf.Tensor:
+  n = _n(num_frames)
+  residues = tf.range(stride, dtype=tf.int32)
+  per_residue = tf.maximum((n - residues + stride - 1) // stride, 0)  # n_r
+  clips_per_residue = (per_residue + seq_len - 1) // seq_len
+  residue = tf.repeat(residues, clips_per_residue)  # [C]
+  k = tf.range(tf.reduce_sum(clips_per_residue), dtype=tf.int32) - tf.repeat(
+      tf.cumsum(clips_per_residue, exclusive=True), clips_per_residue)
+  m = tf.minimum(tf.gather(per_residue, residue) - k * seq_len, seq_len)
+  i = tf.range(seq_len, dtype=tf.int32)[None, :]
+  clips = residue[:, None] + stride * (k[:, None] * seq_len + tf.math.floormod(i, m[:, None]))
+  return tf.gather(clips, tf.argsort(clips[:, 0]))  # first frames are distinct
 
 
 def chunk_first_indices(num_frames, seq_len: int) -> tf.Tensor:
@@ -176,20 +203,34 @@ def sample_train_clips(sampler: str, num_frames, seq_len: int, stride: int, seed
   return _indices(sampler, num_frames, seq_len, stride, u)
 
 
-def test_clips(sampler: str, num_frames, seq_len: int) -> tf.Tensor:
-  """[C, T] frame indices of every test clip of a tracklet."""
+def _check_test_stride(sampler: str, stride: int) -> None:
+  if stride < 1 or (stride > 1 and sampler != "dense"):
+    raise ValueError(f"test stride {stride}: the dense test sampler takes a stride >= 1, "
+                     f"the others 1 only (got test sampler {sampler!r}).")
+
+
+def test_clips(sampler: str, num_frames, seq_len: int, stride: int = 1) -> tf.Tensor:
+  """[C, T] frame indices of every test clip of a tracklet; `stride`: frame step inside a
+  `dense` clip (data.test_sample_stride)."""
+  _check_test_stride(sampler, stride)
   if sampler == "dense":
-    return dense_indices(num_frames, seq_len)
+    return dense_indices(num_frames, seq_len, stride)
   if sampler == "chunk_first":
     return chunk_first_indices(num_frames, seq_len)
   raise ValueError(f"unknown test sampler {sampler!r}; expected one of "
                    f"{', '.join(TEST_SAMPLERS)}.")
 
 
-def num_test_clips(sampler: str, num_frames, seq_len: int):
+def num_test_clips(sampler: str, num_frames, seq_len: int, stride: int = 1):
   """Clips per tracklet of a test sampler (numpy or Python ints in, same out)."""
+  _check_test_stride(sampler, stride)
   if sampler == "dense":
-    return (num_frames + seq_len - 1) // seq_len
+    total = 0
+    for r in range(stride):
+      per_residue = (num_frames - r + stride - 1) // stride
+      per_residue = per_residue * (per_residue > 0)
+      total = total + (per_residue + seq_len - 1) // seq_len
+    return total
   if sampler == "chunk_first":
     return num_frames * 0 + 1
   raise ValueError(f"unknown test sampler {sampler!r}; expected one of "

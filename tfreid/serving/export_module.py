@@ -11,9 +11,9 @@ of the clip and tracklet signatures, beside the frames:
   frame size (and ``flow`` [N, H, W, 2], ``keypoints`` [N, 14, 3] of the same frames) ->
   the tracklet representation ``[1, ...]`` (``embedding`` float32 [1, D]; models with a
   learned metric add every other key their ``pairwise_distance`` reads). The tracklet is
-  cut into test clips by the evaluation's sampler (data.test_sampler,
-  `tfreid.data.samplers.test_clips`: for ``dense``, the ceil(N / T) non-overlapping clips,
-  the last one padded cyclically), the clips go through the model in batches of
+  cut into test clips by the evaluation's sampler (data.test_sampler and
+  data.test_sample_stride, `tfreid.data.samplers.test_clips`: for ``dense`` at stride 1, the
+  ceil(N / T) non-overlapping clips, the last one padded cyclically), the clips go through the model in batches of
   export.tracklet_batch_size inside a `tf.while_loop` (one batch in memory at a time), and
   their statistics are summed and finished by the model's merge
   (`tfreid.models.contract.finish_tracklet`), exactly as
@@ -227,6 +227,7 @@ class ReidExportModule(tf.Module):
     height, width: the model's frame size (data.height, data.width).
     seq_len: frames per clip T (data.seq_len).
     test_sampler: data.test_sampler, how embed_tracklet cuts a tracklet into clips.
+    test_stride: data.test_sample_stride, the frame step inside those clips.
     tracklet_batch_size: clips per model call inside embed_tracklet
       (export.tracklet_batch_size).
 
@@ -238,13 +239,14 @@ class ReidExportModule(tf.Module):
   def __init__(self, model, height: int, width: int, seq_len: int,
                test_sampler: str = "dense", tracklet_batch_size: int = 16,
                streams=("clips",), metric: Optional[str] = None,
-               name: Optional[str] = "reid_export"):
+               name: Optional[str] = "reid_export", test_stride: int = 1):
     super().__init__(name=name)
     if test_sampler not in samplers.TEST_SAMPLERS:
       raise ExportError(f"test_sampler={test_sampler!r} is not a test sampler; expected one "
                         f"of {', '.join(samplers.TEST_SAMPLERS)}.")
     for key, value in (("height", height), ("width", width), ("seq_len", seq_len),
-                       ("tracklet_batch_size", tracklet_batch_size)):
+                       ("tracklet_batch_size", tracklet_batch_size),
+                       ("test_stride", test_stride)):
       if int(value) < 1:
         raise ExportError(f"{key} must be >= 1, got {value}.")
     # Not tracked (object.__setattr__): only the variables below go into the SavedModel.
@@ -253,6 +255,10 @@ class ReidExportModule(tf.Module):
     self.width = int(width)
     self.seq_len = int(seq_len)
     self.test_sampler = test_sampler
+    if int(test_stride) > 1 and test_sampler != "dense":
+      raise ExportError(f"test_stride={test_stride} needs test_sampler='dense', got "
+                        f"{test_sampler!r}.")
+    self.test_stride = int(test_stride)
     self.tracklet_batch_size = int(tracklet_batch_size)
     self.streams = streams_lib.check_names(streams, "the exported model")
     # metric: "learned" exports the `distance` signature; None: whenever the model has a
@@ -366,7 +372,7 @@ class ReidExportModule(tf.Module):
               for (name, spec), x in zip(specs.items(), tensors)}
     _assert_same_frames(inputs, EMBED_TRACKLET, axes=3)
     clip_index = samplers.test_clips(self.test_sampler, tf.shape(inputs["clips"])[0],
-                                     self.seq_len)
+                                     self.seq_len, self.test_stride)
     num_clips = tf.shape(clip_index)[0]
     step = self.tracklet_batch_size
 

@@ -65,7 +65,7 @@ def export_module_for(config: cfg.ExperimentConfig, model) -> ReidExportModule:
   evaluation's metric (`tfreid.models.contract.resolve_metric`) and tracklet merge."""
   d = config.data
   return ReidExportModule(model, height=d.height, width=d.width, seq_len=d.test_clip_len,
-                          test_sampler=d.test_sampler,
+                          test_sampler=d.test_sampler, test_stride=d.test_sample_stride,
                           tracklet_batch_size=config.export.tracklet_batch_size,
                           streams=contract.input_streams(config),
                           metric=contract.resolve_metric(config, model))
@@ -125,6 +125,7 @@ def model_card(run: restore.RestoredRun, module: ReidExportModule, model_dir: st
           "resize": "frames of another size are resized inside to height x width: nearest "
                     "neighbour, pixel centres at half-integers (the test pipeline's rule)",
           "test_sampler": module.test_sampler,
+          "test_sample_stride": module.test_stride,
           "tracklet_batch_size": module.tracklet_batch_size,
       },
       "signatures": signatures,
