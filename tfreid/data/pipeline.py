@@ -27,9 +27,9 @@ every pipeline reads every shard and takes the identities p, p + n, ... of the s
 identity list instead.
 
 Test (`make_test_dataset`): every clip of every tracklet of a partition
-(data.test_sampler, frames data.test_sample_stride apart), resized to (H, W), batched by data.test_batch_size. A record is read
-once and its clips are produced one by one, so a 900-frame tracklet never sits in one
-batch; memory is bounded by a few records. Each element's `index` is the position of its
+(data.test_sampler, frames data.test_sample_stride apart), resized to (H, W), batched by
+data.test_batch_size. A record is read once and its clips are produced one by one, so a
+900-frame tracklet never sits in one batch; memory is bounded by a few records. Each element's `index` is the position of its
 tracklet in the partition order (reader.py); `test_clips_per_tracklet` gives how many clips
 each tracklet has, so a caller averages the clip features of each tracklet. The order of
 the elements is the same on every run (clips of a few neighbouring tracklets interleave).
