@@ -120,6 +120,72 @@ def test_triplet_loss_matches_numpy(mining, reference):
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def np_batch_hard_sum(x, y, margin):
+  """Eq. 7 as printed: the sum over the anchors (numpy, independent of np_batch_hard)."""
+  d = np_distances(x.astype(np.float64))
+  total = 0.0
+  for a in range(len(y)):
+    pos = d[a][(y == y[a]) & (np.arange(len(y)) != a)]
+    neg = d[a][y != y[a]]
+    if len(pos) and len(neg):
+      total += max(0.0, margin + pos.max() - neg.min())
+  return total
+
+
+def np_batch_all_sum(x, y, margin):
+  d2 = np_distances(x.astype(np.float64)) ** 2
+  same = y[:, None] == y[None, :]
+  positive = same & ~np.eye(len(y), dtype=bool)
+  hinge = np.maximum(d2[:, :, None] - d2[:, None, :] + margin, 0.0)
+  return float(hinge[positive[:, :, None] & ~same[:, None, :]].sum())
+
+
+@pytest.mark.parametrize("mining,reference", [("batch_hard", np_batch_hard_sum),
+                                              ("batch_all", np_batch_all_sum)])
+def test_triplet_sum_reduction_matches_numpy(mining, reference):
+  x, y = pk_batch(np.random.default_rng(5), p=4, k=3)
+  batch = {"labels": tf.constant(y)}
+  summed = losses.TripletLoss(0.5, mining, reduction="sum")(
+      {"embedding": tf.constant(x * 0.4)}, batch)
+  mean = losses.TripletLoss(0.5, mining, reduction="mean")(
+      {"embedding": tf.constant(x * 0.4)}, batch)
+  expected = reference(x * 0.4, y, 0.5)
+  assert expected > 1.0
+  np.testing.assert_allclose(float(summed), expected, rtol=1e-5)
+  if mining == "batch_hard":
+    # Every anchor of a 4 x 3 batch is valid: sum = P x K x mean.
+    np.testing.assert_allclose(float(summed), 12 * float(mean), rtol=1e-5)
+
+
+def test_triplet_sum_over_two_replicas_is_the_sum_over_the_global_batch():
+  """Each replica mines in its own half; after the trainer's division by the replica count
+  the objective is the sum of eq. 7 over both halves."""
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  assert strategy.num_replicas_in_sync == 2
+  rng = np.random.default_rng(7)
+  halves = [pk_batch(rng, p=2, k=3) for _ in range(2)]
+  term = losses.TripletLoss(0.5, "batch_hard", reduction="sum")
+
+  def replica_fn():
+    i = tf.distribute.get_replica_context().replica_id_in_sync_group
+    x = tf.gather(tf.constant(np.stack([h[0] for h in halves])), i)
+    y = tf.gather(tf.constant(np.stack([h[1] for h in halves])), i)
+    return term({"embedding": x}, {"labels": y}) / 2.0  # the trainer's scaling
+
+  per_replica = strategy.run(replica_fn)
+  got = float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+  expected = sum(np_batch_hard_sum(x, y, 0.5) for x, y in halves)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_triplet_reduction_is_checked():
+  from tfreid.losses import triplet
+  with pytest.raises(cfg.ConfigError, match="reduction='total' is not valid.*'mean', 'sum'"):
+    triplet.Config(reduction="total").validate("losses.triplet")
+  with pytest.raises(ValueError, match="reduction"):
+    losses.TripletLoss(reduction="max")
+
+
 def test_batch_all_averages_over_every_valid_triplet():
   # Two well separated identities: all triplets but the ones of anchor 0 are satisfied.
   x = np.array([[0.0], [0.1], [3.0], [3.1], [0.2]], np.float32)

@@ -3,11 +3,24 @@
 Batch-hard (nonlocal_i3d eq. 7, Hermans et al. [15]): for every anchor a of the batch, the
 hardest positive is the *farthest* sample with the same label (the anchor itself excluded)
 and the hardest negative the *nearest* sample with another label; the loss of the anchor is
-[m + D(a, p*) - D(a, n*)]_+ with D the Euclidean distance. Eq. 7 sums over the P x K anchors;
-this module averages (the sum divided by the number of anchors), so the term does not grow
-with the batch and splits exactly across replicas. Anchors with no positive or no negative in
-the local batch (e.g. an identity with a single clip on this replica) are left out of the
-average.
+[m + D(a, p*) - D(a, n*)]_+ with D the Euclidean distance. Anchors with no positive or no
+negative in the local batch (e.g. an identity with a single clip on this replica) are left
+out.
+
+Reduction over the anchors (``losses.<name>.reduction``):
+
+- ``mean`` (default): the average over the valid anchors, so the term does not grow with
+  the batch; this is the reading of Hermans et al. and of the PyTorch ReID code bases, and a
+  library choice for nonlocal_i3d.
+- ``sum``: eq. 7 as printed, the sum over the P x K anchors of the global batch. Beside the
+  cross-entropy of eq. 9, which is a mean (1 / (P x K)), eq. 10's unweighted sum then gives
+  the triplet term P x K times the relative weight it has with ``mean`` (128 in the paper's
+  32 x 4 batch, when every anchor is valid): ``sum`` equals ``mean`` with the term's weight
+  multiplied by the number of valid anchors. Adam is invariant to the scale of the whole
+  objective, not to the balance of its terms, so the two readings train differently.
+  Under several replicas each replica mines in its own batch and returns its sum times the
+  number of replicas, so that after the trainer's division by that number the objective is
+  the sum over the global batch.
 
 Batch-all (a3d eq. 14): L = 1/N sum_i [||f_i - f_i+||^2 - ||f_i - f_i-||^2 + m]_+ over the
 N triplets (a, p, n) of the batch with y_p = y_a, p != a and y_n != y_a, with *squared*
@@ -97,50 +110,81 @@ def _masked_mean(values, mask):
   return total / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def batch_hard_loss_from_distances(distances, labels, margin: float = 0.3) -> tf.Tensor:
-  """mean_a [m + max_p D(a, p) - min_n D(a, n)]_+ over the valid anchors of a [B, B]
-  distance matrix (eq. 7's hinge on any distance)."""
+def _num_replicas() -> int:
+  context = tf.distribute.get_replica_context()
+  if context is None:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+  return context.num_replicas_in_sync
+
+
+def _reduce(values, mask, reduction: str):
+  """Mean over the valid entries, or (reduction="sum") their sum times the number of
+  replicas: summed over the global batch once the trainer divides by it (module
+  docstring)."""
+  if reduction == "mean":
+    return _masked_mean(values, mask)
+  if reduction != "sum":
+    raise ValueError(f"triplet reduction {reduction!r} is not supported; expected one of "
+                     f"{TripletLoss.REDUCTIONS}.")
+  total = tf.reduce_sum(tf.where(mask, values, tf.zeros_like(values)))
+  return total * float(_num_replicas())
+
+
+def batch_hard_loss_from_distances(distances, labels, margin: float = 0.3,
+                                   reduction: str = "mean") -> tf.Tensor:
+  """mean_a (or, reduction="sum", sum_a as eq. 7 prints) [m + max_p D(a, p) -
+  min_n D(a, n)]_+ over the valid anchors of a [B, B] distance matrix (eq. 7's hinge on any
+  distance)."""
   mined = batch_hard_mining(tf.cast(distances, tf.float32), labels)
   per_anchor = tf.nn.relu(margin + mined["positive_distance"] - mined["negative_distance"])
-  return _masked_mean(per_anchor, mined["valid"])
+  return _reduce(per_anchor, mined["valid"], reduction)
 
 
-def batch_all_loss_from_distances(distances, labels, margin: float = 0.3) -> tf.Tensor:
-  """1/N sum [D(a, p) - D(a, n) + m]_+ over the N valid triplets of a [B, B] distance
-  matrix (a3d eq. 14's average on any distance)."""
+def batch_all_loss_from_distances(distances, labels, margin: float = 0.3,
+                                  reduction: str = "mean") -> tf.Tensor:
+  """1/N sum (or, reduction="sum", the sum) [D(a, p) - D(a, n) + m]_+ over the N valid
+  triplets of a [B, B] distance matrix (a3d eq. 14's average on any distance)."""
   distances = tf.cast(distances, tf.float32)
   positive_mask, negative_mask = _label_masks(labels)
   per_triplet = tf.nn.relu(distances[:, :, None] - distances[:, None, :] + margin)
   valid = tf.logical_and(positive_mask[:, :, None], negative_mask[:, None, :])
-  return _masked_mean(per_triplet, valid)
+  return _reduce(per_triplet, valid, reduction)
 
 
-def batch_hard_triplet_loss(features, labels, margin: float = 0.3) -> tf.Tensor:
-  """Batch-hard triplet loss (nonlocal_i3d eq. 7), averaged over the valid anchors.
+def batch_hard_triplet_loss(features, labels, margin: float = 0.3,
+                            reduction: str = "mean") -> tf.Tensor:
+  """Batch-hard triplet loss (nonlocal_i3d eq. 7), averaged over the valid anchors (or
+  summed, reduction="sum", as eq. 7 prints; module docstring).
 
   Args:
     features: [B, D] embeddings.
     labels: int [B] identities.
     margin: m of eq. 7 (the paper does not print it; the experiments use 0.3).
+    reduction: "mean" or "sum" over the anchors.
 
   Returns:
-    float32 scalar mean_a [m + max_p D(a, p) - min_n D(a, n)]_+ (Euclidean D).
+    float32 scalar mean_a [m + max_p D(a, p) - min_n D(a, n)]_+ (Euclidean D), or the sum.
   """
-  return batch_hard_loss_from_distances(pairwise_euclidean_distance(features), labels, margin)
+  return batch_hard_loss_from_distances(pairwise_euclidean_distance(features), labels, margin,
+                                        reduction)
 
 
-def batch_all_triplet_loss(features, labels, margin: float = 0.3) -> tf.Tensor:
+def batch_all_triplet_loss(features, labels, margin: float = 0.3,
+                           reduction: str = "mean") -> tf.Tensor:
   """Triplet loss over every valid triplet of the batch (a3d eq. 14, margin 0.3).
 
   Args:
     features: [B, D] embeddings.
     labels: int [B] identities.
     margin: m of eq. 14.
+    reduction: "mean" (eq. 14's 1/N) or "sum" over the triplets.
 
   Returns:
-    float32 scalar 1/N sum [||a - p||^2 - ||a - n||^2 + m]_+ over the N valid triplets.
+    float32 scalar 1/N sum [||a - p||^2 - ||a - n||^2 + m]_+ over the N valid triplets (or
+    the sum).
   """
-  return batch_all_loss_from_distances(pairwise_squared_distance(features), labels, margin)
+  return batch_all_loss_from_distances(pairwise_squared_distance(features), labels, margin,
+                                       reduction)
 
 
 class TripletLoss(LossTerm):
@@ -160,17 +204,24 @@ class TripletLoss(LossTerm):
     weight: factor of the term in the total loss.
     distance_fn: None, or a function of (outputs, outputs) -> [B, B].
     name: the term's name.
+    reduction: "mean" over the valid anchors (triplets for batch_all), or "sum" over the
+      global batch (eq. 7 as printed; see the module docstring for the effect).
   """
 
   MINING = ("batch_hard", "batch_all")
+  REDUCTIONS = ("mean", "sum")
 
   def __init__(self, margin: float = 0.3, mining: str = "batch_hard",
                feature: str = "embedding", weight: float = 1.0, distance_fn=None,
-               name: str = "triplet"):
+               name: str = "triplet", reduction: str = "mean"):
     super().__init__(name=name, weight=weight)
     if mining not in self.MINING:
       raise ValueError(f"triplet mining {mining!r} is not supported; expected one of "
                        f"{self.MINING}.")
+    if reduction not in self.REDUCTIONS:
+      raise ValueError(f"triplet reduction {reduction!r} is not supported; expected one of "
+                       f"{self.REDUCTIONS}.")
+    self.reduction = reduction
     self.margin = float(margin)
     self.mining = mining
     self.feature = feature
@@ -181,15 +232,15 @@ class TripletLoss(LossTerm):
     if self._distance_fn is not None:
       distances = self._distance_fn(outputs, outputs)
       if self.mining == "batch_hard":
-        return batch_hard_loss_from_distances(distances, labels, self.margin)
-      return batch_all_loss_from_distances(distances, labels, self.margin)
+        return batch_hard_loss_from_distances(distances, labels, self.margin, self.reduction)
+      return batch_all_loss_from_distances(distances, labels, self.margin, self.reduction)
     features = get_output(outputs, self.feature, self.name)
     if features.shape.rank != 2:
       raise ValueError(f"triplet loss expects outputs[{self.feature!r}] of shape [B, D], got "
                        f"{features.shape}.")
     if self.mining == "batch_hard":
-      return batch_hard_triplet_loss(features, labels, self.margin)
-    return batch_all_triplet_loss(features, labels, self.margin)
+      return batch_hard_triplet_loss(features, labels, self.margin, self.reduction)
+    return batch_all_triplet_loss(features, labels, self.margin, self.reduction)
 
 
 @dataclasses.dataclass
@@ -205,11 +256,18 @@ class Config:
   # euclidean (on `feature`), or the name of one of the model's distance functions
   # (tfreid.models.contract.distance_functions), computed on all its outputs.
   distance: str = "euclidean"
+  # mean (over the valid anchors) | sum (over the global batch's anchors, eq. 7 as
+  # printed: P x K times the relative weight of mean beside a mean cross-entropy).
+  reduction: str = "mean"
 
   def validate(self, prefix: str, config=None) -> None:
     if self.mining not in TripletLoss.MINING:
       raise ConfigError(f"{prefix}.mining={self.mining!r} is not valid; expected one of "
                         f"{', '.join(map(repr, TripletLoss.MINING))}.")
+    if self.reduction not in TripletLoss.REDUCTIONS:
+      raise ConfigError(f"{prefix}.reduction={self.reduction!r} is not valid; expected one "
+                        f"of {', '.join(map(repr, TripletLoss.REDUCTIONS))} (mean over the "
+                        "anchors, or their sum as nonlocal_i3d eq. 7 prints).")
     if self.margin < 0:
       raise ConfigError(f"{prefix}.margin must be >= 0, got {self.margin}.")
     if config is not None and config.data.num_instances < 2:
@@ -227,4 +285,4 @@ def build(name: str, config: Config, context) -> TripletLoss:
                        f"distance; expected euclidean or one of {sorted(functions)}.")
     distance_fn = functions[config.distance]
   return TripletLoss(config.margin, config.mining, config.feature, config.weight,
-                     distance_fn=distance_fn, name=name)
+                     distance_fn=distance_fn, name=name, reduction=config.reduction)
