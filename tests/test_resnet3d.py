@@ -88,6 +88,38 @@ def test_nonlocal_positions_follow_section_4_2():
     resnet3d.nonlocal_positions(4, 3)
 
 
+def test_nonlocal_placement_after_is_one_block_later():
+  """placement "after" (Wang et al.'s released code): after blocks 2, 4 of res3 and 2, 4, 6
+  of res4 (1-based); "before" (the paper's text): before those blocks, unchanged names."""
+  def order(placement):
+    backbone = resnet3d.resnet3d(block_counts=(1, 4, 6, 1), base_width=4,
+                                 nonlocal_blocks=(0, 2, 3, 0), nonlocal_placement=placement)
+    names = [layer.name for layer in backbone.layers]
+    return names, [n for n in names if "nonlocal" in n]
+
+  names, nonlocal_names = order("after")
+  assert nonlocal_names == [
+      "conv3_nonlocal_after_block2", "conv3_nonlocal_after_block4",
+      "conv4_nonlocal_after_block2", "conv4_nonlocal_after_block4",
+      "conv4_nonlocal_after_block6"]
+  for name in nonlocal_names:
+    stage, block = name.split("_nonlocal_after_")
+    assert names.index(name) == names.index(f"{stage}_{block}_out") + 1
+  # The last one closes res4 (its output is the res4 endpoint).
+  assert names.index("conv4_nonlocal_after_block6") < names.index("conv5_block1_1_conv")
+  names, nonlocal_names = order("before")
+  assert nonlocal_names == [
+      "conv3_nonlocal_before_block2", "conv3_nonlocal_before_block4",
+      "conv4_nonlocal_before_block2", "conv4_nonlocal_before_block4",
+      "conv4_nonlocal_before_block6"]
+  for name in nonlocal_names:
+    stage, block = name.split("_nonlocal_before_")
+    previous = f"{stage}_block{int(block[5:]) - 1}_out"
+    assert names.index(name) == names.index(previous) + 1
+  with pytest.raises(ValueError, match="nonlocal_placement"):
+    resnet3d.resnet3d(base_width=4, nonlocal_placement="middle")
+
+
 def test_layout_and_endpoint_shapes():
   backbone = resnet3d.resnet3d(block_counts=(1, 4, 3, 1), base_width=4, temporal_kernel=3,
                                nonlocal_blocks=(0, 2, 2, 0))

@@ -127,6 +127,11 @@ class NonLocalConfig:
   bottleneck_ratio: float = 0.5
   # 2x2 spatial max-pooling of phi and g.
   subsample: bool = True
+  # before: the paper's text (section 4.2: right before the last residual block of a stage,
+  # then every other block back: before blocks 2, 4 of res3 and 2, 4, 6 of res4);
+  # after: the code released with the non-local paper, one block later (after blocks 2, 4
+  # of res3 and 2, 4, 6 of res4). tfreid/backbones/resnet3d.py.
+  placement: str = "before"
 
 
 @dataclasses.dataclass
@@ -164,6 +169,8 @@ class BackboneConfig:
             "model.backbone.nonlocal_blocks.blocks_per_stage: non-local blocks go on every "
             f"other residual block, so a stage of {blocks} blocks takes at most "
             f"{(blocks + 1) // 2}; got {self.nonlocal_blocks.blocks_per_stage}.")
+    _one_of("model.backbone.nonlocal_blocks.placement", self.nonlocal_blocks.placement,
+            ("before", "after"))
     if self.name == "resnet2d" and any(self.nonlocal_blocks.blocks_per_stage):
       raise ConfigError("model.backbone.nonlocal_blocks need the resnet3d backbone; set "
                         "model.backbone.nonlocal_blocks.blocks_per_stage=[0,0,0,0] for resnet2d.")

@@ -38,9 +38,17 @@ Design choices (section 3.1 of the paper leaves them open):
   padding, it also holds exactly at the first and last frames. Non-local blocks start as the
   identity too (zero-initialised BN scale, section 4.2), so the inflated network equals the
   2-D ResNet-50 applied to every frame.
-* Non-local placement (section 4.2): ``nonlocal_blocks[s]`` blocks in stage s, the first right
+* Non-local placement, ``nonlocal_placement``: ``nonlocal_blocks[s]`` blocks in stage s.
+  ``"before"`` (default) follows the paper's text (section 4.2, "inserted to right before the
+  last residual block of a stage ... to every other residual block"): the first right
   before the last residual block of the stage and the others on every other block before it
   (res3 of 4 blocks: before blocks 4 and 2; res4 of 6: before 6, 4 and 2; counted from 1).
+  ``"after"`` follows the code Wang et al. released with the non-local paper (cited as [40];
+  video-nonlocal-net, ``res_stage_nonlocal``: a block after every residual block whose
+  0-based index i has i mod 2 = 1): one residual block later, after blocks 4 and 2 of res3 and
+  6, 4 and 2 of res4, so the last one closes the stage. Layer names say which
+  (``conv3_nonlocal_before_block4`` / ``conv3_nonlocal_after_block4``); the default's names
+  are unchanged, so its checkpoints restore.
 * Convolutions have no bias (each is followed by BatchNorm; loaded 2-D biases are folded into
   the BN moving mean). BatchNorm: epsilon 1.001e-5 as in the Keras ResNet-50, momentum 0.9
   (PyTorch's 0.1, the paper's framework).
@@ -76,6 +84,8 @@ RESNET3D_50_SPECS = (
     ("res4", "conv4", 4, 2, 6, 3),
     ("res5", "conv5", 8, None, 3, 0),  # stride None: last_stride
 )
+# Where non-local blocks go relative to the residual blocks nonlocal_positions picks.
+NONLOCAL_PLACEMENTS = ("before", "after")
 # Stage names, in order: the endpoints a backbone returns and the points it can be cut at.
 STAGES = ("stem",) + tuple(spec[0] for spec in RESNET3D_50_SPECS)
 # Bottleneck expansion: the block output has 4 x its width channels.
@@ -250,7 +260,8 @@ def _bottleneck_block(x, *, video, width, stride, projection, prefix, temporal_k
 
 
 def nonlocal_positions(num_blocks: int, num_nonlocal: int) -> list[int]:
-  """0-based indices of the residual blocks a stage's non-local blocks are inserted before.
+  """0-based indices of the residual blocks a stage's non-local blocks are inserted before
+  (placement "before") or after (placement "after").
 
   Section 4.2: right before the last residual block, then on every other block going back.
   """
@@ -322,7 +333,8 @@ def build_resnet(inputs, *, video: bool, block_counts=(3, 4, 6, 3), base_width: 
                  last_stride: int = 1, temporal_kernel: int = 3,
                  nonlocal_blocks=(0, 0, 0, 0), nonlocal_ratio: float = 0.5,
                  nonlocal_subsample: bool = True, input_channels: int | None = None,
-                 first_stage: str = "stem", last_stage: str = "res5") -> dict:
+                 first_stage: str = "stem", last_stage: str = "res5",
+                 nonlocal_placement: str = "before") -> dict:
   """Applies the ResNet layers of stages `first_stage`..`last_stage` to a symbolic input.
 
   A cut network has the layers (and layer names) the full network has in those stages, so
@@ -345,6 +357,8 @@ def build_resnet(inputs, *, video: bool, block_counts=(3, 4, 6, 3), base_width: 
       then start at the stem, unless it is 3). None: whatever `inputs` has.
     first_stage, last_stage: the range of stages built, both included, among
       ``STAGES`` = stem, res2, res3, res4, res5.
+    nonlocal_placement: "before" (the paper's text) or "after" (Wang et al.'s released
+      code) the residual blocks of :func:`nonlocal_positions` (module docstring).
 
   Returns:
     {stage: symbolic output} for the stages of the range (by default "stem", "res2", "res3",
@@ -359,6 +373,9 @@ def build_resnet(inputs, *, video: bool, block_counts=(3, 4, 6, 3), base_width: 
                      f"{list(nonlocal_blocks)} with video=False.")
   if last_stride not in (1, 2):
     raise ValueError(f"last_stride must be 1 or 2, got {last_stride}.")
+  if nonlocal_placement not in NONLOCAL_PLACEMENTS:
+    raise ValueError(f"nonlocal_placement must be one of {NONLOCAL_PLACEMENTS}, got "
+                     f"{nonlocal_placement!r}.")
   if input_channels is not None:
     _check_input_channels(first_stage, base_width, input_channels)
   rank, got = (5 if video else 4), tuple(inputs.shape)
@@ -386,15 +403,18 @@ def build_resnet(inputs, *, video: bool, block_counts=(3, 4, 6, 3), base_width: 
     if endpoint not in stages:
       continue
     stride = last_stride if stride is None else stride
-    before = nonlocal_positions(blocks, num_nl) if video else []
+    positions = nonlocal_positions(blocks, num_nl) if video else []
     for index in range(blocks):
-      if index in before:
+      if index in positions and nonlocal_placement == "before":
         x = NonLocalBlock(nonlocal_ratio, nonlocal_subsample,
                           name=f"{prefix}_nonlocal_before_block{index + 1}")(x)
       x = _bottleneck_block(x, video=video, width=multiplier * base_width,
                             stride=stride if index == 0 else 1, projection=index == 0,
                             prefix=f"{prefix}_block{index + 1}",
                             temporal_kernel=temporal_kernel)
+      if index in positions and nonlocal_placement == "after":
+        x = NonLocalBlock(nonlocal_ratio, nonlocal_subsample,
+                          name=f"{prefix}_nonlocal_after_block{index + 1}")(x)
     endpoints[endpoint] = x
   return endpoints
 
@@ -413,7 +433,7 @@ def resnet3d(block_counts=(3, 4, 6, 3), base_width: int = 64, last_stride: int =
              temporal_kernel: int = 3, nonlocal_blocks=(0, 2, 3, 0),
              nonlocal_ratio: float = 0.5, nonlocal_subsample: bool = True,
              name: str = "resnet3d", input_channels: int = 3, first_stage: str = "stem",
-             last_stage: str = "res5") -> keras.Model:
+             last_stage: str = "res5", nonlocal_placement: str = "before") -> keras.Model:
   """The ResNet3D backbone, or the stages `first_stage`..`last_stage` of it, as a Keras model.
 
   Input: normalised clips [B, T, H, W, input_channels] (any T, H, W), or, when the range
@@ -440,7 +460,7 @@ def resnet3d(block_counts=(3, 4, 6, 3), base_width: int = 64, last_stride: int =
                            temporal_kernel=temporal_kernel, nonlocal_blocks=nonlocal_blocks,
                            nonlocal_ratio=nonlocal_ratio, nonlocal_subsample=nonlocal_subsample,
                            input_channels=input_channels, first_stage=first_stage,
-                           last_stage=last_stage)
+                           last_stage=last_stage, nonlocal_placement=nonlocal_placement)
   return keras.Model(inputs, endpoints, name=name)
 
 
@@ -458,4 +478,5 @@ def resnet3d_kwargs(backbone_config) -> dict:
           "temporal_kernel": backbone_config.temporal_kernel,
           "nonlocal_blocks": tuple(nl.blocks_per_stage),
           "nonlocal_ratio": nl.bottleneck_ratio,
-          "nonlocal_subsample": nl.subsample}
+          "nonlocal_subsample": nl.subsample,
+          "nonlocal_placement": nl.placement}

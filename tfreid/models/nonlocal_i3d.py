@@ -47,20 +47,20 @@ class NonLocalI3D(ConfigKeysMixin, keras.Model):
   Args:
     num_classes: training identities.
     block_counts, base_width, last_stride, temporal_kernel, nonlocal_blocks, nonlocal_ratio,
-      nonlocal_subsample: see :func:`tfreid.backbones.resnet3d.resnet3d`.
+      nonlocal_subsample, nonlocal_placement: see :func:`tfreid.backbones.resnet3d.resnet3d`.
     embedding_dim, leaky_relu_alpha, dropout: see :class:`BottleneckHead`.
     normalization: :class:`ClipNormalization` mode.
   """
 
   CONFIG_KEYS = ("num_classes", "block_counts", "base_width", "last_stride", "temporal_kernel",
                  "nonlocal_blocks", "nonlocal_ratio", "nonlocal_subsample", "embedding_dim",
-                 "leaky_relu_alpha", "dropout", "normalization")
+                 "leaky_relu_alpha", "dropout", "normalization", "nonlocal_placement")
 
   def __init__(self, num_classes: int, block_counts=(3, 4, 6, 3), base_width: int = 64,
                last_stride: int = 1, temporal_kernel: int = 3, nonlocal_blocks=(0, 2, 3, 0),
                nonlocal_ratio: float = 0.5, nonlocal_subsample: bool = True,
                embedding_dim: int = 512, leaky_relu_alpha: float = 0.1, dropout: float = 0.5,
-               normalization: str = "caffe", **kwargs):
+               normalization: str = "caffe", nonlocal_placement: str = "before", **kwargs):
     kwargs.setdefault("name", "nonlocal_i3d")
     super().__init__(**kwargs)
     self.num_classes = num_classes
@@ -71,6 +71,7 @@ class NonLocalI3D(ConfigKeysMixin, keras.Model):
     self.nonlocal_blocks = tuple(nonlocal_blocks)
     self.nonlocal_ratio = nonlocal_ratio
     self.nonlocal_subsample = nonlocal_subsample
+    self.nonlocal_placement = nonlocal_placement
     self.embedding_dim = embedding_dim
     self.leaky_relu_alpha = leaky_relu_alpha
     self.dropout = dropout
@@ -79,7 +80,8 @@ class NonLocalI3D(ConfigKeysMixin, keras.Model):
     self.backbone = resnet3d.resnet3d(
         block_counts=self.block_counts, base_width=base_width, last_stride=last_stride,
         temporal_kernel=temporal_kernel, nonlocal_blocks=self.nonlocal_blocks,
-        nonlocal_ratio=nonlocal_ratio, nonlocal_subsample=nonlocal_subsample, name="resnet3d")
+        nonlocal_ratio=nonlocal_ratio, nonlocal_subsample=nonlocal_subsample,
+        nonlocal_placement=nonlocal_placement, name="resnet3d")
     self.head = BottleneckHead(num_classes, embedding_dim, leaky_relu_alpha, dropout,
                                name="head")
     # Every variable exists after construction (count_params, weight loading, optimizer).
