@@ -1,0 +1,200 @@
+"""diversity_attention: diversity regularised spatiotemporal attention (Li, Bak, Carr, Wang,
+"Diversity Regularized Spatiotemporal Attention for Video-based Person Re-identification",
+CVPR 2018).
+
+Command (MARS, the paper's model, the last row of table 1):
+
+    python -m tfreid.train --experiment=diversity_attention --data_dir=DATA/mars --model_dir=runs/drsa
+
+Run alone it trains the whole network from ImageNet weights in one stage. The paper trains
+in stages (section 4.2); each stage is a variant that starts from the previous stage's run
+(`trainer.init_checkpoint`; variables of another shape, such as the embedding FC after the
+baseline, keep their initialisation) with the backbone frozen or not (`trainer.freeze`):
+
+    T="python -m tfreid.train --data_dir=DATA/mars"
+    $T --experiment=diversity_attention:baseline --model_dir=runs/drsa_baseline && \\
+    $T --experiment=diversity_attention:spatial --model_dir=runs/drsa_spatial \\
+       --override=trainer.init_checkpoint=runs/drsa_baseline && \\
+    $T --experiment=diversity_attention:temporal --model_dir=runs/drsa_temporal \\
+       --override=trainer.init_checkpoint=runs/drsa_spatial && \\
+    $T --experiment=diversity_attention --model_dir=runs/drsa \\
+       --override=trainer.init_checkpoint=runs/drsa_temporal
+
+  (b) baseline  ResNet-50 + average pooling over space and time + FC 128 + L2, OIM, whole
+                network trained ("Baseline");
+  (c) spatial   backbone frozen; K = 6 spatial attention models with the diversity term,
+                enhancement, average temporal pooling ("SpaAtn+Q");
+  (d) temporal  backbone frozen; per-part temporal attention ("SpaAtn+Q+TemAtn");
+  (e) ""        everything trained, per dataset ("SpaAtn+Q+TemAtn+Ind").
+
+Paper's configuration (section 4.2): N = 6 chunks by restricted random sampling (section 3.1;
+at test the first frame of each chunk, one clip per tracklet: `data.train_sampler=
+restricted_random`, `data.test_sampler=chunk_first`); 256 x 128 frames; ResNet-50 conv1 to
+res5c (8 x 4 x 2048); K = 6, d = 256; embedding 128, L2-normalised; OIM loss; batched SGD,
+learning rate 0.1 then 0.01.
+
+Library choices (the paper does not give them):
+- OIM scale 30 (1/temperature) and momentum 0.5 (open-reid's defaults for OIM); the lookup
+  table is checkpointed with the run and restarts from zero at each stage
+  (`trainer.init_checkpoint` restores model weights only).
+- Diversity weight 1 (the paper: "multiplied by a coefficient").
+- PK batches of 16 identities x 2 tracklets = 32 clips; clip-consistent flip and random crop
+  from frames enlarged by 1/8.
+- SGD momentum 0.9, Nesterov, weight decay 5e-4; the learning rate drops by 10 at 80 % of
+  each stage (`schedule.name=step`); 100 epochs for the baseline, 50 for each later stage
+  (an epoch visits every training identity once); the last stage (and the iLIDS-VID,
+  PRID-2011 fine-tuning) starts at 0.01, since it fine-tunes a trained network.
+- The backbone starts from ImageNet weights (`model.backbone.init=imagenet`: keras
+  applications, or a local `weights_path`). The paper pre-trains it with OIM on six image
+  ReID datasets (stage a), out of scope here: `--override=model.backbone.init=reid
+  --override=model.backbone.weights_path=FILE` starts from such a network.
+- Stages (b)-(d) are trained on one dataset (`--data_dir`); the paper trains them jointly on
+  the PRID2011, iLIDS-VID and MARS training sets.
+- Evaluation: both MARS protocols (the paper predates torchreid; `--protocol=mars_matlab`).
+
+Paper's reported results, rank-1 PRID2011 / iLIDS-VID / MARS (MARS mAP):
+  table 1 (component analysis):
+    baseline        Baseline               82.7 / 61.2 / 73.4 (58.1)
+    spatial_noreg   SpaAtn                 84.2 / 64.9 / 74.5 (59.3)
+    spatial_lin     SpaAtn+Q' (eq. 10)     86.5 / 64.5 / 74.0 (58.2)
+    spatial         SpaAtn+Q (eq. 9)       86.7 / 68.6 / 77.0 (60.9)
+    maxpool         SpaAtn+Q+MaxPool       86.9 / 68.2 / 76.8 (60.5)
+    temporal        SpaAtn+Q+TemAtn        88.4 / 69.7 / 77.1 (61.2)
+    "" / ilidsvid / prid2011
+                    SpaAtn+Q+TemAtn+Ind    93.2 / 80.2 / 82.3 (65.8)
+  table 2 (K spatial attention models, full model before Ind; rank-1):
+    k1  86.2 / 64.7 / 76.0      k2  83.4 / 64.6 / 75.7      k4  86.9 / 64.6 / 77.2
+    temporal (K = 6)  88.4 / 69.7 / 77.1                    k8  88.0 / 66.9 / 76.7
+  The spatial stage of a K row is `spatial` with the same K:
+    --experiment=diversity_attention:spatial --override=model.diversity_attention.num_parts=4
+
+Variants:
+  ""            stage (e), the paper's model: everything trained, from the `temporal` run.
+  baseline, spatial_noreg, spatial_lin, spatial, maxpool, temporal
+                the table 1 rows above; spatial* start from the baseline run, maxpool and
+                temporal from the spatial run (each with --override=trainer.init_checkpoint=).
+  k1, k2, k4, k8
+                table 2: the temporal stage with K attention models.
+  ilidsvid, prid2011
+                stage (e) on the 10-split datasets, from a MARS `temporal` run:
+                python -m tfreid.splits --experiment=diversity_attention:ilidsvid
+                  --data_dir=DATA/ilidsvid --model_dir=runs/drsa_ilidsvid
+                  --override=trainer.init_checkpoint=runs/drsa_temporal
+  synthetic     the whole model at 128 x 64 (a 4 x 2 grid), a narrow backbone, K = 4,
+                N = 4, trained in one stage from scratch on the built-in synthetic dataset
+                (README quickstart: make quickstart EXPERIMENT=diversity_attention:synthetic).
+"""
+
+from tfreid import config as cfg
+from tfreid.losses import diversity, oim
+
+VARIANTS = ("", "baseline", "spatial_noreg", "spatial_lin", "spatial", "maxpool", "temporal",
+            "k1", "k2", "k4", "k8", "ilidsvid", "prid2011", "synthetic")
+
+# trainer.freeze pattern of the backbone (stages c and d): the ResNet-50 (freezing it freezes
+# every layer in it; its BatchNorm layers then run in inference mode).
+FROZEN_BACKBONE = ["resnet2d"]
+
+
+def _stage_schedule(c: cfg.ExperimentConfig, epochs: int, learning_rate: float) -> None:
+  """SGD at `learning_rate`, divided by 10 at 80 % of `epochs` (library choice)."""
+  c.trainer.epochs = epochs
+  c.optimizer.learning_rate = learning_rate
+  c.schedule = cfg.ScheduleConfig(name="step", step_epochs=max(int(0.8 * epochs), 1),
+                                  step_factor=0.1)
+
+
+def paper_config() -> cfg.ExperimentConfig:
+  """Section 4.2 on MARS: the full model (K = 6, enhancement, temporal attention), every
+  layer trained (stage e)."""
+  c = cfg.ExperimentConfig()
+  c.data.height, c.data.width, c.data.seq_len = 256, 128, 6
+  c.data.train_sampler = "restricted_random"
+  c.data.test_sampler = "chunk_first"
+  c.data.num_identities, c.data.num_instances = 16, 2
+  c.data.augmentation = cfg.AugmentationConfig(crop_enlarge=0.125, flip=True)
+  c.model = cfg.ModelConfig(
+      name="diversity_attention",
+      backbone=cfg.BackboneConfig(
+          name="resnet2d", block_counts=[3, 4, 6, 3], base_width=64, last_stride=2,
+          init="imagenet", nonlocal_blocks=cfg.NonLocalConfig(blocks_per_stage=[0, 0, 0, 0])))
+  section = c.model.diversity_attention
+  section.num_parts, section.hidden_dim, section.embedding_dim = 6, 256, 128
+  section.temporal, section.enhancement = "attention", True
+  c.losses = cfg.LossesConfig(
+      oim=oim.Config(weight=1.0, scale=30.0, momentum=0.5, feature="embedding"),
+      diversity=diversity.Config(weight=1.0, variant="hellinger",
+                                 output="attention_spatial"))
+  c.optimizer = cfg.OptimizerConfig(name="sgd", learning_rate=0.01, momentum=0.9,
+                                    nesterov=True, weight_decay=5e-4, weight_decay_mode="l2")
+  _stage_schedule(c, 50, 0.01)
+  c.trainer.eval_every_epochs = 10
+  c.eval.protocol = "torchreid"
+  return c
+
+
+def _baseline(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
+  """Stage (b), table 1 "Baseline": no attention, average over space and time."""
+  c.model.diversity_attention.num_parts = 0
+  c.model.diversity_attention.temporal = "average"
+  c.losses.diversity.weight = 0.0
+  _stage_schedule(c, 100, 0.1)
+  return c
+
+
+def _frozen_stage(c: cfg.ExperimentConfig, temporal: str) -> cfg.ExperimentConfig:
+  """Stages (c) and (d): the CNN fixed, the rest trained."""
+  c.model.diversity_attention.temporal = temporal
+  c.model.backbone.init = "none"  # the backbone comes from trainer.init_checkpoint
+  c.trainer.freeze = list(FROZEN_BACKBONE)
+  _stage_schedule(c, 50, 0.1)
+  return c
+
+
+def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
+  """The whole model, scaled down to train on a CPU in minutes, in one stage from scratch."""
+  c.data.data_dir = "runs/data/synthetic"
+  c.data.height, c.data.width, c.data.seq_len = 128, 64, 4
+  c.data.num_identities, c.data.num_instances = 8, 2
+  c.data.test_batch_size = 32
+  c.model.backbone.block_counts = [1, 2, 2, 1]
+  c.model.backbone.base_width = 8
+  c.model.backbone.init = "none"
+  section = c.model.diversity_attention
+  section.num_parts, section.hidden_dim, section.embedding_dim = 4, 32, 64
+  # Phi over D = 256 features of a network trained from scratch: softened (library choice).
+  section.enhancement_scale = 1.0 / 16
+  c.trainer.freeze = []
+  _stage_schedule(c, 50, 0.05)
+  c.trainer.checkpoint_every_steps = 100
+  c.trainer.log_every_steps = 5
+  c.trainer.image_summary_every_steps = 100
+  c.trainer.eval_every_epochs = 0
+  return c
+
+
+def get_config(variant: str = "") -> cfg.ExperimentConfig:
+  c = paper_config()
+  section = c.model.diversity_attention
+  if variant == "baseline":
+    c = _baseline(c)
+  elif variant in ("spatial", "spatial_noreg", "spatial_lin"):
+    c = _frozen_stage(c, "average")
+    if variant == "spatial_noreg":
+      c.losses.diversity.weight = 0.0
+    elif variant == "spatial_lin":
+      c.losses.diversity.variant = "lin"
+  elif variant == "maxpool":
+    c = _frozen_stage(c, "max")
+  elif variant in ("temporal", "k1", "k2", "k4", "k8"):
+    c = _frozen_stage(c, "attention")
+    if variant != "temporal":
+      section.num_parts = int(variant[1:])
+  elif variant in ("", "ilidsvid", "prid2011"):
+    if variant:
+      # Fine-tuned per split from a MARS run (trainer.init_checkpoint); closed-set 10-split
+      # protocol (tfreid.splits).
+      c.model.backbone.init = "none"
+  elif variant == "synthetic":
+    c = synthetic_config(c)
+  return c
