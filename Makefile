@@ -8,10 +8,17 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= nonlocal_i3d:synthetic
 PRESET ?= easy
 DATA_RAW ?= runs/data/synthetic_$(PRESET)_raw
-DATA ?= runs/data/synthetic_$(PRESET)
 RUN_DIR ?= runs/quickstart
+# The converter flags of the streams the experiment's model reads beyond the RGB frames
+# and the keypoints every quickstart dataset has (`python -m tfreid.data.streams`: e.g.
+# --optical_flow for a3d). A dataset converted with extra flags goes to its own directory
+# (runs/data/synthetic_easy_optical_flow), so the default quickstart converts no flow.
+# Computed by `quickstart` (after the install) and handed to the sub-make.
+STREAM_FLAGS ?=
+DATA_SUFFIX := $(subst $(eval) ,,$(subst --,_,$(STREAM_FLAGS)))
+DATA ?= runs/data/synthetic_$(PRESET)$(DATA_SUFFIX)
 
-.PHONY: install quickstart data test bench clean
+.PHONY: install quickstart quickstart-run data test bench clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +39,15 @@ $(RAW_DONE): | $(STAMP)
 	touch $@
 
 $(DATA)/manifest.json: $(RAW_DONE)
-	$(PY) -m data_pipelines.convert --dataset=mars --input_dir=$(DATA_RAW) --output_dir=$(DATA) --keypoints=$(DATA_RAW)/keypoints.jsonl
+	$(PY) -m data_pipelines.convert --dataset=mars --input_dir=$(DATA_RAW) --output_dir=$(DATA) --keypoints=$(DATA_RAW)/keypoints.jsonl $(STREAM_FLAGS)
 
 data: $(DATA)/manifest.json
 
-quickstart: data
+# The experiment's converter flags (keypoints left out: always converted), then the run.
+quickstart: $(STAMP)
+	$(MAKE) --no-print-directory quickstart-run STREAM_FLAGS="$$(TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m tfreid.data.streams --experiment=$(EXPERIMENT) | tr ' ' '\n' | grep -v '^--keypoints' | tr '\n' ' ')"
+
+quickstart-run: data
 	$(PY) -m tfreid.train --experiment=$(EXPERIMENT) --data_dir=$(DATA) --model_dir=$(RUN_DIR)
 	$(PY) -m tfreid.evaluate --model_dir=$(RUN_DIR)
 	$(PY) -m tfreid.export --model_dir=$(RUN_DIR) --export_dir=$(RUN_DIR)/export

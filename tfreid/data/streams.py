@@ -82,3 +82,31 @@ def dummy_inputs(streams, data, batch: int = 1) -> dict:
 def model_inputs(batch: dict, streams) -> dict:
   """The part of a pipeline batch the model reads."""
   return {name: batch[name] for name in streams}
+
+
+def converter_flags(streams) -> list[str]:
+  """The `python -m data_pipelines.convert` flags that add `streams` to a dataset (the
+  keypoints flag as ``--keypoints=FILE``, FILE standing for the joints file)."""
+  return [STREAMS[name].converter_flag for name in check_names(streams)
+          if STREAMS[name].converter_flag]
+
+
+def main(argv=None) -> None:
+  """``python -m tfreid.data.streams --experiment=NAME[:VARIANT] [--override=K=V ...]``
+  prints the converter flags the experiment's model needs, space-separated (nothing for a
+  clips-only model); the Makefile's quickstart converts its data with them."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  # Imported here: tfreid.config and the models import this module.
+  from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
+  from tfreid.models import contract  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog="python -m tfreid.data.streams",
+                                   description=main.__doc__)
+  parser.add_argument("--experiment", required=True)
+  parser.add_argument("--override", action="append", default=[])
+  args = parser.parse_args(argv)
+  config = cfg.build_config(args.experiment, overrides=args.override)
+  print(" ".join(converter_flags(contract.input_streams(config))))
+
+
+if __name__ == "__main__":
+  main()

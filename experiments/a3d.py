@@ -1,0 +1,145 @@
+"""a3d: recurrent 3-D attention with a REINFORCE-trained Gaussian location policy (Chen et
+al., "Learning Recurrent 3D Attention for Video-Based Person Re-identification", TIP 2020).
+
+Command (MARS converted with optical flow, the paper's configuration):
+
+    python -m data_pipelines.convert --dataset=mars --input_dir=MARS --output_dir=DATA/mars_flow \
+        --optical_flow
+    python -m tfreid.train --experiment=a3d --data_dir=DATA/mars_flow --model_dir=runs/a3d
+
+Paper's configuration (section III, tables I-IV, section III-D): RGB and 2-channel optical
+flow through their own ResNet-50 conv1 + res2, summed (eq. 1), a shared res3-res5 trunk with
+res5 stride 1 (g: 6 x 16 x 8 x 2048 for 6 x 256 x 128 clips); a recurrent agent of T = 4
+glimpses over 4 x 6 x 3 bins of g, Gaussian location policy of fixed variance 0.03 trained by
+REINFORCE on the classification reward with a value baseline (eqs. 7-13); embedding
+[f_g, h_1..h_4] (3072-d); cross-entropy without smoothing (eq. 15) + batch-all triplet with
+squared distances, margin 0.3 (eq. 14) + REINFORCE, all weight 1, trained jointly (alg. 1).
+6 consecutive frames per clip, random mirror and erasing (probability 0.5: library choice,
+the paper gives none), no crop enlargement; ImageNet-initialised ResNet-50 (the flow conv1
+by the cross-modality rule); Adam, lr 2e-4 halved every 60 epochs, no weight decay.
+MARS: 800 epochs, batch 48 = 12 identities x 4 clips (2 GPUs: each replica mines triplets
+in its own 24 clips); iLIDS-VID / PRID-2011: 500 epochs, 16 = 4 x 4, 1 GPU.
+The test clips are 6 frames, dense and non-overlapping; features averaged per tracklet,
+Euclidean distance; MARS under the torchreid protocol (the paper does not say which).
+
+Paper's results (table VI): MARS rank-1 86.3, rank-5 95.5, mAP 80.4; iLIDS-VID rank-1 87.9,
+rank-5 98.6; PRID-2011 rank-1 95.1, rank-5 99.5. Cross-dataset iLIDS-VID -> PRID-2011
+(table X): rank-1/5/10/20 64.2 / 84.7 / 92.8 / 98.5 (`python -m tfreid.evaluate
+--model_dir=runs/a3d_ilidsvid --data_dir=DATA/prid_flow --split=all`).
+
+Variants (table VII: iLIDS-VID rank-1 / rank-5 / mAP; all on `ilidsvid`'s recipe):
+  ""               MARS, the paper's configuration.
+  ilidsvid         proposed, 87.9 / 98.6 / 92.5
+                   `--experiment=a3d:ilidsvid --data_dir=DATA/ilidsvid_flow` (data.split=0..9
+                   through `python -m tfreid.splits`).
+  prid2011         the same recipe on PRID-2011 (178 identities with more than 27 frames).
+  no_attention     w/o attention, 85.9 / 97.7 / 91.3 (`model.a3d.attention=none`: f_g only).
+  random_attention random attention, 80.5 / 96.8 / 87.6 (`model.a3d.location_policy=uniform`:
+                   bins drawn uniformly at train and test; no RL term).
+  no_rnn           w/o RNN, 86.8 / 98.5 / 91.8 (`model.a3d.num_glimpses=1`: one glimpse at
+                   the centre bin, no action is used, so no RL).
+  no_rl            w/o RL objective, 85.0 / 96.6 / 90.1 (`losses.reinforce.weight=0`: the
+                   policy still samples around an untrained mean).
+  no_flow          w/o optical flow, 84.8 / 96.8 / 88.7 (`model.a3d.use_flow=false`: clips
+                   only, any dataset).
+  glimpses1, glimpses2, glimpses4
+                   table VIII (number of steps): 86.8 / 98.5 / 91.8, 87.4 / 98.3 / 92.2,
+                   87.9 / 98.6 / 92.5 (`model.a3d.num_glimpses=N`).
+  bin size (figs. 5-6, plotted only: above 87 % rank-1 except for tiny bins):
+                   `--override=model.a3d.bin_size=[L,H,W]` on `ilidsvid`, e.g. [2,6,3]
+                   (fig. 5, temporal length 2) or [4,4,2] (fig. 6).
+  synthetic        narrow network at 64 x 32, 4-frame clips (g: 4 x 4 x 2, bins 2 x 2 x 1) on
+                   the built-in synthetic dataset converted with --optical_flow
+                   (`make quickstart EXPERIMENT=a3d:synthetic`).
+Not built: table VII's "QAN*" and "separate attention*" rows (underspecified in the paper).
+"""
+
+from experiments import nonlocal_i3d
+from tfreid import config as cfg
+from tfreid.losses import cross_entropy, reinforce, triplet
+
+VARIANTS = ("", "ilidsvid", "prid2011", "no_attention", "random_attention", "no_rnn",
+            "no_rl", "no_flow", "glimpses1", "glimpses2", "glimpses4", "synthetic")
+
+
+def paper_config() -> cfg.ExperimentConfig:
+  """Section III-D on MARS."""
+  c = cfg.ExperimentConfig()
+  c.data.height, c.data.width, c.data.seq_len = 256, 128, 6
+  c.data.train_sampler = "consecutive"
+  c.data.sample_stride = 1
+  c.data.test_sampler = "dense"
+  c.data.num_identities, c.data.num_instances = 12, 4
+  c.data.augmentation = cfg.AugmentationConfig(crop_enlarge=0.0, flip=True,
+                                               random_erasing=0.5)
+  c.model = cfg.ModelConfig(
+      name="a3d",
+      backbone=cfg.BackboneConfig(name="resnet2d", block_counts=[3, 4, 6, 3], base_width=64,
+                                  last_stride=1, init="imagenet",
+                                  nonlocal_blocks=cfg.NonLocalConfig(
+                                      blocks_per_stage=[0, 0, 0, 0])))
+  section = c.model.a3d
+  section.attention = "recurrent"
+  section.num_glimpses = 4
+  section.bin_size = [4, 6, 3]
+  section.policy_variance = 0.03
+  section.hidden_dim, section.feature_dim = 256, 128
+  c.losses = cfg.LossesConfig(
+      cross_entropy=cross_entropy.Config(weight=1.0, label_smoothing=0.0),
+      triplet=triplet.Config(weight=1.0, margin=0.3, mining="batch_all"),
+      reinforce=reinforce.Config(weight=1.0, value_weight=1.0, discount=1.0))
+  c.optimizer = cfg.OptimizerConfig(name="adam", learning_rate=2e-4, weight_decay=0.0)
+  c.schedule = cfg.ScheduleConfig(name="step", step_epochs=60, step_factor=0.5)
+  c.trainer.epochs = 800
+  c.trainer.eval_every_epochs = 100
+  c.eval.protocol = "torchreid"
+  return c
+
+
+def small_dataset_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
+  """iLIDS-VID / PRID-2011 (section III-D): 500 epochs, batch 16 = 4 x 4, one GPU."""
+  c.data.num_identities, c.data.num_instances = 4, 4
+  c.trainer.epochs = 500
+  c.trainer.eval_every_epochs = 0
+  return c
+
+
+def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
+  """Scaled down to train on a CPU in minutes; the same structure as the paper's."""
+  c = nonlocal_i3d.synthetic_config(c)
+  c.data.data_dir = "runs/data/synthetic_easy_optical_flow"
+  c.data.augmentation = cfg.AugmentationConfig(crop_enlarge=0.0, flip=True,
+                                               random_erasing=0.5)
+  c.model.backbone.nonlocal_blocks.blocks_per_stage = [0, 0, 0, 0]
+  c.model.backbone.last_stride = 1
+  c.model.a3d.bin_size = [2, 2, 1]
+  c.model.a3d.hidden_dim, c.model.a3d.feature_dim = 64, 32
+  c.optimizer.weight_decay = 0.0
+  return c
+
+
+def get_config(variant: str = "") -> cfg.ExperimentConfig:
+  if variant not in VARIANTS:
+    raise cfg.ConfigError(f"a3d has no variant {variant!r}; variants: "
+                          f"{', '.join(v or '(paper)' for v in VARIANTS)}.")
+  c = paper_config()
+  if variant == "synthetic":
+    return synthetic_config(c)
+  if variant:
+    c = small_dataset_config(c)
+  section = c.model.a3d
+  if variant == "no_attention":
+    section.attention = "none"
+    del c.losses.reinforce
+  elif variant == "random_attention":
+    section.location_policy = "uniform"
+    del c.losses.reinforce
+  elif variant in ("no_rnn", "glimpses1"):
+    section.num_glimpses = 1
+  elif variant == "glimpses2":
+    section.num_glimpses = 2
+  elif variant == "no_rl":
+    c.losses.reinforce.weight = 0.0
+  elif variant == "no_flow":
+    section.use_flow = False
+  return c
