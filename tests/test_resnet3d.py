@@ -239,6 +239,9 @@ def test_read_weights_file_formats(keras_resnet50, tmp_path):
 def test_every_experiment_variant_validates():
   for module in (nonlocal_i3d_experiment, temporal_pooling_experiment):
     for variant in module.VARIANTS:
-      config = copy.deepcopy(module.get_config(variant)).validate()
+      config = copy.deepcopy(module.get_config(variant))
+      if variant in ("ilidsvid", "prid2011"):  # fine-tuning: needs the MARS checkpoint
+        config.trainer.init_checkpoint = "runs/nl"
+      config = config.validate()
       assert config.model.backbone.name == (
           "resnet3d" if module is nonlocal_i3d_experiment else "resnet2d")

@@ -15,8 +15,8 @@ Layer table for an 8 x 256 x 128 clip at the paper's configuration (T x H x W x 
 | res4  | 1x1x1 256 (1,2,2); 3x1x1 -> 1x3x3 256; 1x1x1 1024 | 6 + 3 NL | 8 x 16 x 8 x 1024 |
 | res5  | 1x1x1 512 (1,s,s); 3x1x1 -> 1x3x3 512; 1x1x1 2048 | 3        | 8 x 16 x 8 x 2048 |
 
-(s = last_stride, 1 in the paper's configuration; 2 halves the res5 map as in the original
-ResNet-50.) The first block of each stage has a projection shortcut (1x1x1 conv + BN); the
+(s = last_stride; 1 in the nonlocal_i3d experiments, a library choice the paper does not
+state (common in ReID code); 2 halves the res5 map as in the original ResNet-50.) The first block of each stage has a projection shortcut (1x1x1 conv + BN); the
 stride sits on the first 1x1x1 convolution and on the shortcut, as in the Keras ResNet-50 the
 weights come from.
 

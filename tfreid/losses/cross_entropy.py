@@ -54,7 +54,8 @@ class CrossEntropyLoss(LossTerm):
   """Label-smoothed softmax cross-entropy on ``outputs["logits"]`` (nonlocal_i3d eq. 9).
 
   Args:
-    label_smoothing: eps of eq. 9 (the paper's value is 0.1), in [0, 1).
+    label_smoothing: eps of eq. 9, in [0, 1). The paper does not print its value; the
+      nonlocal_i3d experiments use 0.1 (Szegedy et al.'s value), a library choice.
     weight: factor of the term in the total loss (eq. 10 sums the terms with weight 1).
     logits_key: the model output holding the class scores [B, N].
   """

@@ -35,7 +35,8 @@ class BottleneckHead(keras.layers.Layer):
 
   Args:
     num_classes: training identities.
-    embedding_dim: bottleneck width (paper: 512).
+    embedding_dim: bottleneck width. The paper does not give it; 512 in the nonlocal_i3d
+      experiments is a library choice.
     leaky_relu_alpha: negative slope (paper: 0.1).
     dropout: drop rate before the classifier (paper: 0.5).
 

@@ -4,11 +4,15 @@
 fig. 2 and 3: a clip [B, T, H, W, 3] goes through ResNet3D-50 with temporally separable
 inflated convolutions (section 3.1) and 5 embedded-Gaussian non-local blocks (section 3.2;
 2 in res3, 3 in res4, section 4.2), then global average pooling over T, H, W, the bottleneck
-(FC 512, BN, LeakyReLU 0.1, dropout 0.5) and the identity classifier
+(FC, BN, LeakyReLU 0.1, dropout 0.5, section 4.2) and the identity classifier
 (:class:`tfreid.models.heads.BottleneckHead`). Trained with label-smoothed cross-entropy on
 ``logits`` (eq. 9) plus the batch-hard triplet loss on ``embedding`` (eq. 7).
 
-Size at the paper's configuration (``nonlocal_i3d`` experiment, 625 MARS training identities):
+Library choices the paper does not state (see experiments/nonlocal_i3d.py for all of them):
+the bottleneck's 512 outputs (``embedding_dim``), last_stride 1 (a 16 x 8 res5 map for
+256 x 128 clips), the caffe-style normalisation of the Keras ImageNet weights.
+
+Size at the ``nonlocal_i3d`` experiment's configuration (625 MARS training identities):
 ``PAPER_CONFIG_PARAMS`` = 36,071,473 parameters, of which 62,336 are BatchNorm moving
 statistics (36,009,137 trainable):
 
@@ -22,6 +26,8 @@ statistics (36,009,137 trainable):
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 
 from tfreid.backbones import resnet3d, weights
@@ -31,6 +37,18 @@ from tfreid.models.base import ConfigKeysMixin, head_kwargs
 from tfreid.models.heads import BottleneckHead
 
 PAPER_CONFIG_PARAMS = 36_071_473
+
+
+@dataclasses.dataclass
+class NonLocalI3DConfig:
+  """``model.nonlocal_i3d``: what a run of this method needs beyond the shared sections."""
+  # The run fine-tunes a trained model (section 4.4.2: iLIDS-VID and PRID-2011 from the
+  # MARS model) and refuses to start without trainer.init_checkpoint. Set false to train
+  # without it, on purpose.
+  requires_init_checkpoint: bool = False
+
+
+CONFIG_CLASS = NonLocalI3DConfig
 
 
 @keras.saving.register_keras_serializable(package="tfreid")
@@ -101,11 +119,23 @@ def model_kwargs(config) -> dict:
 
 
 def validate_config(config) -> None:
-  """The backbone this method takes (method contract, `tfreid.models.contract`)."""
+  """The backbone this method takes and, for the fine-tuning variants, the checkpoint they
+  fine-tune (method contract, `tfreid.models.contract`)."""
   backbone = config.model.backbone
   if backbone.name != "resnet3d":
     raise ConfigError(f"model.name=nonlocal_i3d needs model.backbone.name=resnet3d, got "
                       f"{backbone.name!r} (the 2-D baseline is model.name=temporal_pooling).")
+  section = config.model.section("nonlocal_i3d")
+  if section.requires_init_checkpoint and not config.trainer.init_checkpoint:
+    name = config.experiment or "this experiment"
+    raise ConfigError(
+        f"{name} fine-tunes a model trained on MARS (paper section 4.4.2) but "
+        "trainer.init_checkpoint is not set, so it would train from "
+        f"model.backbone.init={backbone.init} instead. Pass the MARS run: "
+        "--override=trainer.init_checkpoint=runs/nl (its final checkpoint) or a checkpoint "
+        "path such as runs/nl/ckpt-N; every variable but the classifier is restored. To "
+        "train without it on purpose: --override=model.nonlocal_i3d.requires_init_checkpoint="
+        "false (with --override=model.backbone.init=imagenet for ImageNet-inflated weights).")
 
 
 def build(config, num_classes: int) -> NonLocalI3D:

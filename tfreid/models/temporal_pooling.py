@@ -5,6 +5,11 @@ feature map of every frame, the maps are averaged over time and space, and the s
 bottleneck head as nonlocal_i3d (:class:`tfreid.models.heads.BottleneckHead`) gives the
 embedding and the identity logits. Same losses and recipe as nonlocal_i3d (section 4.2).
 
+The paper's baseline is trained on image ReID (section 4.3.1); this model trains on whatever
+clips the pipeline gives it: T-frame clips (experiment ``temporal_pooling``, where the losses
+see features averaged over the clip) or single frames (``temporal_pooling:image``,
+data.seq_len=1, the paper's description), and is tested on T-frame clips either way.
+
 Averaging over T, H and W at once equals averaging per-frame pooled features over time.
 Initialised from the same 2-D weights, this model and NonLocalI3D (whose temporal convolutions
 and non-local blocks start as the identity) compute the same features at the start.
