@@ -62,6 +62,9 @@ class DataConfig:
   train_sampler: str = "consecutive"
   # Frame step inside a consecutive clip.
   sample_stride: int = 1
+  # Which K tracklets of an identity a PK batch takes: random | cross_camera (one per
+  # camera as far as the identity has cameras; siamese_convgru's cross-camera pairs).
+  tracklet_sampler: str = "random"
   # dense (every non-overlapping clip of a tracklet) | chunk_first (first frame of each of
   # seq_len chunks, diversity_attention test mode)
   test_sampler: str = "dense"
@@ -94,6 +97,7 @@ class DataConfig:
     _one_of("data.train_sampler", self.train_sampler,
             ("consecutive", "restricted_random", "random", "evenly"))
     _one_of("data.test_sampler", self.test_sampler, ("dense", "chunk_first"))
+    _one_of("data.tracklet_sampler", self.tracklet_sampler, ("random", "cross_camera"))
     for key in ("height", "width", "seq_len", "sample_stride", "num_identities",
                 "num_instances", "test_batch_size"):
       _positive(f"data.{key}", getattr(self, key))

@@ -389,6 +389,10 @@ def _train_dataset(index: reader.TrackletIndex, data, seed: int,
     # or K uniform draws (with replacement) when it has fewer than K.
     keys = tf.random.stateless_uniform([ids_per_epoch, width], fold(1))
     keys = tf.where(tf.range(width) < count, keys, 2.0)
+    if data.tracklet_sampler == "cross_camera":
+      slots = tf.gather(starts_t, perm)[:, None] + tf.minimum(tf.range(width), count - 1)
+      cameras = tf.gather(tables.camid, tf.gather(id_rows_t, slots))
+      keys = samplers.cross_camera_keys(keys, cameras, tf.range(width) < count)
     without = tf.math.top_k(-keys, k=k).indices
     draws = tf.random.stateless_uniform([ids_per_epoch, k], fold(2))
     with_replacement = tf.minimum(

@@ -235,3 +235,29 @@ def num_test_clips(sampler: str, num_frames, seq_len: int, stride: int = 1):
     return num_frames * 0 + 1
   raise ValueError(f"unknown test sampler {sampler!r}; expected one of "
                    f"{', '.join(TEST_SAMPLERS)}.")
+
+
+# ------------------------------------------------------- which tracklets of an identity
+
+TRACKLET_SAMPLERS = ("random", "cross_camera")
+
+
+def cross_camera_keys(keys, camids, valid) -> tf.Tensor:
+  """Sort keys that make an identity's K smallest tracklets come from distinct cameras.
+
+  `data.tracklet_sampler=cross_camera` (siamese_convgru section V-B: pairs of the same person
+  "under disjoint cameras"). keys [N, W]: uniform draws of the W tracklet slots of N
+  identities; camids [N, W]: each slot's camera; valid [N, W] bool: the slot holds a
+  tracklet. The key of slot i becomes `rank_i + keys_i`, where rank_i counts the valid slots
+  of the same camera with a smaller draw: the K smallest are then one random tracklet from
+  each of K cameras (in random camera order) when the identity was seen by >= K cameras,
+  otherwise one from every camera first, then second tracklets, and so on. Invalid slots get
+  W + 2, above every valid key.
+  """
+  keys = tf.cast(keys, tf.float32)
+  camids = tf.cast(camids, tf.int32)
+  same = tf.equal(camids[:, :, None], camids[:, None, :])
+  earlier = keys[:, None, :] < keys[:, :, None]          # [n, i, j]: draw j below draw i
+  rank = tf.reduce_sum(tf.cast(same & earlier & valid[:, None, :], tf.float32), axis=-1)
+  width = tf.cast(tf.shape(keys)[-1], tf.float32)
+  return tf.where(valid, rank + keys, width + 2.0)
