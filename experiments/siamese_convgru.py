@@ -1,0 +1,182 @@
+"""siamese_convgru: deep Siamese attention networks with stacked ConvGRUs (Wu, Wang, Gao, Li,
+"Where-and-When to Look: Deep Siamese Attention Networks for Video-based Person
+Re-identification").
+
+Command (iLIDS-VID, the paper's main dataset; 10 splits with `python -m tfreid.splits`):
+
+    python -m tfreid.train --experiment=siamese_convgru --data_dir=DATA/ilidsvid --model_dir=runs/sc
+    python -m tfreid.splits --experiment=siamese_convgru:ilidsvid --data_dir=DATA/ilidsvid \\
+        --model_dir=runs/sc_ilidsvid
+
+GoogLeNet's ImageNet weights are read from `weights/googlenet_imagenet.npz` (format in
+tfreid/backbones/googlenet.py; `--override=model.backbone.weights_path=PATH`, or
+`--override=model.backbone.init=none` to start from scratch).
+
+Paper's configuration (sections III, IV, V-B; ``siamese_convgru`` = ``:ilidsvid``):
+  - GoogLeNet inception_5b feature cubes, 7 x 7 x 1024 from 224 x 224 frames (the paper does
+    not give the input size; 7 x 7 implies 224 x 224), ImageNet weights, fine-tuned;
+  - spatial soft attention on the recurrent state (eqs. 3-4); 3 ConvGRU layers of 128, 256,
+    256 channels (eq. 5), kernels 3 x 3 into layer 1 and 5 x 5 for layers 2 and 3 (table II
+    "Ours_G(5x5, 5x5)"; section V-B says "all 5 x 5": --override=
+    model.siamese_convgru.kernel_sizes=[5,5,5]), 2 x 2 max-pooling between layers,
+    no gate biases, initial state from the mean feature (eq. 7), temporal attention pooling
+    (eq. 6), dropout 0.7, similarity s = sigma(v^T (h^a ⊙ h^b) + c) (eq. 8);
+  - 10 pairs per mini-batch, positives and negatives 1:1 across cameras (P = 5 identities x
+    K = 2 tracklets from different cameras, `data.tracklet_sampler=cross_camera`, loss
+    `balanced_pair_bce`), T = 20 consecutive frames from a random start, redrawn every epoch;
+    loss eq. 9 = pair cross-entropy + lambda * attention penalty, lambda = 1 (fig. 5a);
+  - RMSProp, gradients clipped element-wise to [-5, 5]; no weight decay (none is mentioned);
+  - augmentation: mirroring, crops, translation by up to 5% of height and width;
+  - 1000 epochs on iLIDS-VID and PRID-2011, 2000 on MARS; an epoch is N_train / P steps
+    (each training identity in one positive pair: RCN's 2 N_train pairs per epoch);
+  - test: 128-frame clips (`data.test_seq_len=128`), camera 1 probe vs camera 2 gallery,
+    CMC over 10 splits.
+
+Library choices where the paper is silent (each also in the code): learning rate 1e-4,
+RMSProp rho 0.9 and momentum 0 (RMSProp as in its reference, Tieleman and Hinton; the
+library's default momentum 0.9 is switched off), constant schedule; ConvGRU kernels
+Glorot-uniform rather than the paper's U[-1, 1], which saturates the gates at a
+3 x 3 x 1024 fan-in (`--override=model.siamese_convgru.gru_init_range=1.0` reproduces the
+paper); v of eq. 8 starts at 1/32, c at 0; the distance is 1 - s (eval.distance=model;
+section V-C ranks by "Euclidean distances", `--override=eval.distance=euclidean`). Test-time
+augmentation of sequences shorter than 128 frames (section V-B) is not implemented.
+
+Paper's reported results (CMC rank-1 / 5 / 10 / 20; iLIDS-VID, PRID-2011, MARS):
+
+  table III (architecture variants)                  iLIDS-VID              PRID-2011              MARS
+  ""               Ours_G(5x5, 5x5)                  61.2/80.7/90.3/97.3    74.8/92.6/97.7/98.6    69.7/83.4/88.3/93.6
+  k9_1             Ours_G(9x9, 1x1)                  56.1/76.7/86.1/93.5    68.1/89.2/94.5/96.1    63.4/79.2/82.5/89.0
+  k1_9             Ours_G(1x1, 9x9)                  57.3/78.2/86.8/94.0    69.5/91.0/94.9/96.7    64.0/79.7/83.0/89.8
+  vgg16            Ours_V(5x5, 5x5)                  56.7/77.0/87.5/92.5    65.2/88.0/89.0/93.5    60.5/78.4/82.0/89.0
+  vgg16_k9_1       Ours_V(9x9, 1x1)                  54.5/73.8/83.7/90.0    63.0/85.0/86.5/92.5    57.6/74.8/80.7/86.2
+  vgg16_k1_9       Ours_V(1x1, 9x9)                  55.1/75.0/85.0/91.5    63.7/85.8/88.0/93.0    57.8/75.6/81.5/87.2
+  fc_gru_googlenet GoogLeNet + FC-GRU                53.8/73.2/83.0/89.4    62.6/83.0/85.0/91.2    56.0/72.7/79.1/84.0
+  fc_gru_vgg16     VGG 16 + FC-GRU                   52.6/72.5/81.3/88.5    62.2/81.8/84.2/89.7    56.7/73.4/79.8/84.4
+  no_attention     Ours_G(5x5, 5x5), m = 1/49        51.8/70.4/78.8/85.9    58.6/77.7/80.2/86.8    55.2/70.6/77.1/82.3
+  table IV (pooling)
+  max_pool         max pooling over time             59.4/58.6(sic)/83.8/90.4  72.4/90.8/96.0/96.2  66.8/81.1/86.7/91.2
+  mean_pool        average pooling (section V-B's "average pooled"; no row of its own)
+  (Fisher vector pooling, evaluation only, 63.2/80.9/92.2/97.5 · 79.2/92.7/97.4/98.1 ·
+  70.4/85.0/89.6/93.2: not implemented.)
+
+Every variant is a full configuration: `--experiment=siamese_convgru:k9_1` etc. The kernel
+rows follow table II: 3 x 3 into layer 1, then the named kernels for layers 2 and 3 (both
+input-to-state and state-to-state). Table VIII (trained on MARS, tested on iLIDS-VID /
+PRID-2011, rank-1 49.2 / 61.4): train `siamese_convgru:mars`, then
+`python -m tfreid.evaluate --model_dir=runs/sc_mars --data_dir=DATA/prid2011 --split=all`.
+
+Variants:
+  ""         the paper's configuration (iLIDS-VID; also the `ilidsvid` variant).
+  ilidsvid, prid2011   1000 epochs, 10-split protocol via tfreid.splits.
+  mars       2000 epochs, MARS (torchreid protocol; `--protocol=mars_matlab` on evaluation).
+  k9_1, k1_9, vgg16, vgg16_k9_1, vgg16_k1_9, fc_gru_googlenet, fc_gru_vgg16, no_attention,
+  max_pool, mean_pool   the ablations above, on iLIDS-VID's recipe.
+  synthetic  GoogLeNet at 1/8 width on 128 x 64 frames (a 4 x 2 cube), ConvGRU 16/32/32,
+             8-frame clips, 8 identities x 2; trains on a 2-core CPU in minutes.
+"""
+
+from tfreid import config as cfg
+from tfreid.losses import attention_penalty, balanced_pair_bce
+
+VARIANTS = ("", "ilidsvid", "prid2011", "mars", "k9_1", "k1_9", "vgg16", "vgg16_k9_1",
+            "vgg16_k1_9", "fc_gru_googlenet", "fc_gru_vgg16", "no_attention", "max_pool",
+            "mean_pool", "synthetic")
+
+GOOGLENET_WEIGHTS = "weights/googlenet_imagenet.npz"
+
+
+def paper_config() -> cfg.ExperimentConfig:
+  """Sections III-V of the paper, on iLIDS-VID."""
+  c = cfg.ExperimentConfig()
+  c.data.height, c.data.width = 224, 224
+  c.data.seq_len = 20
+  c.data.test_seq_len = 128
+  c.data.train_sampler = "consecutive"
+  c.data.sample_stride = 1
+  c.data.tracklet_sampler = "cross_camera"
+  c.data.test_sampler = "dense"
+  c.data.num_identities, c.data.num_instances = 5, 2
+  c.data.test_batch_size = 4
+  # Section V-B: crop and mirror, plus a translation of up to 5% of height and width.
+  c.data.augmentation = cfg.AugmentationConfig(crop_enlarge=0.0, flip=True, translate=0.05)
+  c.model = cfg.ModelConfig(
+      name="siamese_convgru",
+      backbone=cfg.BackboneConfig(name="googlenet", init="imagenet",
+                                  weights_path=GOOGLENET_WEIGHTS,
+                                  nonlocal_blocks=cfg.NonLocalConfig(
+                                      blocks_per_stage=[0, 0, 0, 0])))
+  section = c.model.siamese_convgru
+  section.feature = "conv"
+  section.channels = [128, 256, 256]
+  section.kernel_sizes = [3, 5, 5]
+  section.pool = True
+  section.spatial_attention = "learned"
+  section.temporal_pooling = "attention"
+  section.dropout = 0.7
+  section.gru_bias = False
+  c.losses = cfg.LossesConfig(
+      pair_bce=balanced_pair_bce.Config(weight=1.0),
+      attention_penalty=attention_penalty.Config(weight=1.0))
+  c.optimizer = cfg.OptimizerConfig(name="rmsprop", learning_rate=1e-4, rho=0.9, momentum=0.0,
+                                    weight_decay=0.0, clip_value=5.0)
+  c.schedule = cfg.ScheduleConfig(name="constant")
+  c.trainer.epochs = 1000
+  c.trainer.eval_every_epochs = 0
+  c.eval.protocol = "torchreid"
+  c.eval.distance = "model"
+  return c
+
+
+def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
+  """Scaled down to train on a CPU in minutes on the built-in synthetic dataset."""
+  c.data.data_dir = "runs/data/synthetic"
+  c.data.height, c.data.width = 128, 64
+  c.data.seq_len = 8
+  c.data.test_seq_len = 8
+  c.data.num_identities, c.data.num_instances = 8, 2
+  c.data.test_batch_size = 32
+  c.data.augmentation = cfg.AugmentationConfig(crop_enlarge=0.0, flip=True, translate=0.05)
+  c.model.backbone.init = "none"
+  c.model.backbone.weights_path = ""
+  section = c.model.siamese_convgru
+  section.backbone_width = 0.125
+  section.channels = [16, 32, 32]
+  section.dropout = 0.3
+  c.optimizer.learning_rate = 1e-3
+  c.trainer.epochs = 40
+  c.trainer.checkpoint_every_steps = 100
+  c.trainer.log_every_steps = 5
+  c.trainer.image_summary_every_steps = 100
+  return c
+
+
+def get_config(variant: str = "") -> cfg.ExperimentConfig:
+  c = paper_config()
+  section = c.model.siamese_convgru
+  if variant == "prid2011":
+    pass  # the same recipe (section V-B); the dataset comes from --data_dir.
+  elif variant == "mars":
+    c.trainer.epochs = 2000
+  elif variant in ("k9_1", "vgg16_k9_1"):
+    section.kernel_sizes = [3, 9, 1]
+  elif variant in ("k1_9", "vgg16_k1_9"):
+    section.kernel_sizes = [3, 1, 9]
+  elif variant in ("fc_gru_googlenet", "fc_gru_vgg16"):
+    section.feature = "fc"
+    section.kernel_sizes = [1, 1, 1]
+    # One location: the spatial attention is the constant 1 and its penalty a constant.
+    c.losses.attention_penalty.weight = 0.0
+  elif variant == "no_attention":
+    section.spatial_attention = "uniform"
+    c.losses.attention_penalty.weight = 0.0
+  elif variant == "max_pool":
+    section.temporal_pooling = "max"
+  elif variant == "mean_pool":
+    section.temporal_pooling = "mean"
+  elif variant == "synthetic":
+    c = synthetic_config(c)
+  if variant.startswith("vgg16") or variant == "fc_gru_vgg16":
+    # VGG-16 ImageNet weights through keras.applications.
+    c.model.backbone.name = "vgg16"
+    c.model.backbone.weights_path = ""
+  return c
