@@ -202,7 +202,8 @@ def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, dat
     split_dir = os.path.join(out_dir, f"split_{s}") if per_split_dirs else out_dir
     writer = tf.summary.create_file_writer(split_dir)
     extra = {"trained_on": trained_on, "tested_on": evaluation.dataset_info(test_dir, s),
-             "cross_dataset": bool(cross), "checkpoint": path}
+             "cross_dataset": bool(cross), "checkpoint": path,
+             "checkpoint_selection": checkpoints.checkpoint_selection(checkpoint)}
     records.append(evaluation.write_reports(eval_config, result, split_dir, step,
                                             writer=writer, extra=extra))
     writer.close()
@@ -218,6 +219,7 @@ def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, dat
       "tested_on": {"dataset": dataset, "data_dir": os.path.abspath(test_dir),
                     "split": ALL_SPLITS, "num_splits": num_splits},
       "cross_dataset": bool(cross), "checkpoint": path,
+      "checkpoint_selection": checkpoints.checkpoint_selection(checkpoint),
       "protocol_description": evaluation.protocol_description(
           test_dir, records[0]["protocol"].split("+")[0])})
   title = (f"{config.experiment} at step {step}, tested on every split of {dataset}"
@@ -247,6 +249,8 @@ def format_summary(record: dict) -> str:
   tested = record.get("tested_on") or {}
   if tested.get("dataset"):
     head += f" | tested on {tested['dataset']}"
+  if record.get("checkpoint_selection", "").startswith("best"):
+    head += " | checkpoint selected on the test set (report the final one)"
   return "\n".join([head, "| rank-1 | rank-5 | rank-10 | rank-20 | mAP |",
                     "| --- | --- | --- | --- | --- |", "| " + " | ".join(cells) + " |"])
 

@@ -18,6 +18,29 @@ BEST_DIR = "best"
 BEST_FILE = "best_metrics.json"
 # Scratch checkpoints of the non-chief workers (removed after each save).
 WORKER_DIR = "worker_tmp"
+# How each --checkpoint choice was selected (metrics.json `checkpoint_selection`). Periodic
+# evaluation runs on the test partition, so `best` is selected on the test set: its numbers
+# are optimistic, and the final checkpoint is the one to report and to fine-tune from.
+SELECTION_LATEST = "latest: the newest checkpoint (the final one of a finished run)"
+SELECTION_BEST = ("best: selected by test-set mAP during training (model selection on the "
+                  "test set; report the final checkpoint)")
+SELECTION_GIVEN = "given: the step or path passed"
+
+
+def _in_best_dir(path: str) -> bool:
+  """`DIR/best` or a checkpoint in it (`DIR/best/ckpt-N`)."""
+  path = path.rstrip("/")
+  return BEST_DIR in (os.path.basename(path), os.path.basename(os.path.dirname(path)))
+
+
+def checkpoint_selection(checkpoint: str) -> str:
+  """The `checkpoint_selection` label of a `--checkpoint` value ("", latest, best, step,
+  path)."""
+  if checkpoint in ("", "latest"):
+    return SELECTION_LATEST
+  if checkpoint == "best" or _in_best_dir(checkpoint):
+    return SELECTION_BEST
+  return SELECTION_GIVEN
 
 
 class CheckpointKeeper:
@@ -89,7 +112,7 @@ class CheckpointKeeper:
     if not self.chief:
       tf.io.gfile.rmtree(self.write_dir)
       return True
-    record = dict(metrics, checkpoint=path, step=int(step))
+    record = dict(metrics, checkpoint=path, step=int(step), selection=SELECTION_BEST)
     target = os.path.join(self.model_dir, BEST_DIR, BEST_FILE)
     tmp = target + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
@@ -123,7 +146,12 @@ def resolve_checkpoint(model_dir: str, checkpoint: str = "") -> str:
 
 def resolve_init_checkpoint(init_checkpoint: str) -> str:
   """The checkpoint `trainer.init_checkpoint` names: a run's model_dir (its newest
-  checkpoint), `DIR/best` (the best one), or a checkpoint path such as `DIR/ckpt-1200`."""
+  checkpoint), `DIR/best` (the best one, selected on the test set: a warning is logged), or a
+  checkpoint path such as `DIR/ckpt-1200`."""
+  if _in_best_dir(init_checkpoint):
+    logging.warning("trainer.init_checkpoint=%s is the checkpoint selected by test-set mAP: "
+                    "the fine-tuned model then depends on the test set of its source. Pass the "
+                    "run directory (its final checkpoint) instead.", init_checkpoint)
   if tf.io.gfile.isdir(init_checkpoint):
     if tf.train.latest_checkpoint(init_checkpoint) is None:
       raise FileNotFoundError(

@@ -402,7 +402,8 @@ class Trainer:
       for key in ("rank1", "rank5", "rank10", "rank20", "mAP"):
         tf.summary.scalar(f"eval/{key}", summary[key])
     if self.keeper.maybe_save_best(step, summary):
-      logging.info("New best mAP %.4f at step %d", summary["mAP"], step)
+      logging.info("New best test-set mAP %.4f at step %d (kept in %s/best: selected on the "
+                   "test set, not a number to report)", summary["mAP"], step, self.model_dir)
     logging.info("Step %d: rank-1 %.4f mAP %.4f", step, summary["rank1"], summary["mAP"])
     return metrics
 
