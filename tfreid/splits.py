@@ -1,8 +1,12 @@
 r"""Train and evaluate every split of a 10-split dataset; report mean ± std over splits.
 
     python -m tfreid.splits --experiment=nonlocal_i3d:ilidsvid --data_dir=DATA/ilidsvid \
-        --model_dir=runs/nl_ilidsvid [--splits=all|0,1,2|0-4] [--config_file=F.yaml ...] \
+        --model_dir=runs/nl_ilidsvid --override=trainer.init_checkpoint=runs/nl \
+        [--splits=all|0,1,2|0-4] [--config_file=F.yaml ...] \
         [--override=key.path=value ...] [--protocol=...] [--rerank]
+
+(nonlocal_i3d:ilidsvid and :prid2011 fine-tune a MARS run, here runs/nl's final checkpoint,
+and stop without trainer.init_checkpoint.)
 
 iLIDS-VID and PRID-2011 are evaluated on 10 train/test person splits, and papers report
 the mean over them (REFERENCE_FACTS.md; a3d section IV-A, stal section IV-A,
