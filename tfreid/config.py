@@ -433,10 +433,12 @@ class TrainerConfig:
   log_every_steps: int = 10
   checkpoint_every_steps: int = 500
   keep_checkpoints: int = 3
-  # Evaluate (and track the best checkpoint by mAP) every N epochs; 0: never while training.
+  # Evaluate on the test set (and keep the checkpoint of best test mAP in model_dir/best,
+  # selected on the test set: not for reported numbers) every N epochs; 0: never.
   eval_every_epochs: int = 0
   # Fine-tune from another run's checkpoint (e.g. a MARS model for iLIDS-VID/PRID-2011): a
-  # checkpoint path (DIR/ckpt-N), a run's directory (its newest checkpoint) or DIR/best.
+  # checkpoint path (DIR/ckpt-N), a run's directory (its newest checkpoint: the final one of a
+  # finished run) or DIR/best (test-selected; a warning is logged).
   # Every variable but the classifier is restored; used only when model_dir has no
   # checkpoint of its own (resuming wins), and pretrained backbone weights are then skipped.
   init_checkpoint: str = ""
