@@ -12,7 +12,8 @@ from experiments import temporal_pooling
 from tfreid import config as cfg
 from tfreid.data import samplers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The source tree (README.md): under `bazel test` this file is a symlink into it.
+REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 EXPERIMENTS = (nonlocal_i3d, temporal_pooling)
 
 
