@@ -170,3 +170,22 @@ def test_evaluate_cli_without_a_run_is_a_clear_error(tmp_path):
   proc = _run_cli("tfreid.evaluate", f"--model_dir={tmp_path}")
   assert proc.returncode == 2
   assert "is not a training directory" in proc.stderr
+
+
+def test_a_config_yaml_written_before_the_method_contract_still_loads():
+  """A run directory's config.yaml of the earlier layout (closed loss list with weight-0
+  OIM and pair BCE, data.use_flow/use_keypoints, eval.distance euclidean) loads: the loss
+  entries become named terms of their type, the retired stream keys are skipped."""
+  path = os.path.join(REPO, "tests", "testdata", "config_before_method_contract.yaml")
+  with open(path) as f:
+    old = yaml.safe_load(f)
+  assert "use_flow" in old["data"] and old["losses"]["oim"]["weight"] == 0.0
+  config = cfg.load_config(path)
+  assert [name for name, _ in config.losses.active()] == ["cross_entropy", "triplet"]
+  assert config.losses.oim.type == "oim" and config.losses.oim.weight == 0.0
+  assert config.losses.triplet.margin == old["losses"]["triplet"]["margin"]
+  assert config.eval.distance == "euclidean"
+  assert "use_flow" not in cfg.to_dict(config)["data"]
+  with pytest.raises(cfg.ConfigError, match="data.use_flow' no longer exists: the input "
+                                            "streams are declared by the model"):
+    cfg.apply_override(config, "data.use_flow=true")

@@ -60,7 +60,7 @@ def test_config_section_streams_and_terms_come_from_the_method(data):
   assert dumped["model"]["probe"]["channels"] == 3
   assert dumped["losses"]["local_triplet"] == {
       "type": "triplet", "weight": 0.5, "margin": 0.9, "mining": "batch_hard",
-      "feature": "embedding", "distance": "parts"}
+      "feature": "embedding", "distance": "parts", "reduction": "mean"}
   assert dumped["losses"]["attention_entropy"]["type"] == "fake_method.attention_entropy"
 
 

@@ -91,7 +91,7 @@ def test_two_workers_on_localhost_train_and_stop_together_on_sigterm(tiny_data, 
       log.close()
   texts = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
   for p, text in zip(procs, texts):
-    assert p.returncode == 0, text[-3000:]
+    assert p.returncode == 143, text[-3000:]  # stopped on a signal, checkpoint saved
   assert "2 replica(s)" in texts[0]
   stops = [re.findall(r"Stopped at step (\d+)", text) for text in texts]
   assert stops[0] and stops[0] == stops[1], (stops, texts[0][-2000:])

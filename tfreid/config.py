@@ -15,6 +15,7 @@ import difflib
 import importlib
 import math
 import os
+import re
 import pkgutil
 import typing
 from typing import Any
@@ -636,12 +637,22 @@ def to_yaml(config) -> str:
   return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
 
 
+# A decimal number in any common notation: 3, -0.5, .5, 1e-4, 3E+2, 1.5e-3.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check_type(key: str, value: Any, annotation) -> Any:
   """Returns `value` converted to `annotation`, or raises ConfigError naming `key`."""
   origin = typing.get_origin(annotation)
   if annotation is float:
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+      # YAML 1.1 reads 1e-4 (no dot in the mantissa) as a string; it is a number here.
+      value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise ConfigError(f"{key} expects a float, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value):
+      raise ConfigError(f"{key} must be a finite number, got {value}: NaN or infinity would "
+                        "silently switch a term off or diverge training.")
     return float(value)
   if annotation is int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -730,7 +741,11 @@ def apply_override(config, override: str) -> None:
                       "trainer.epochs=10.")
   path, raw = override.split("=", 1)
   keys = path.strip().split(".")
-  value = yaml.safe_load(raw) if raw.strip() else ""
+  try:
+    value = yaml.safe_load(raw) if raw.strip() else ""
+  except yaml.YAMLError as e:
+    raise ConfigError(f"override {override!r}: the value {raw!r} is not valid YAML "
+                      f"({str(e).splitlines()[0]}). Quote strings, write lists as [1, 2].") from None
   nested: Any = value
   for key in reversed(keys):
     nested = {key: nested}
@@ -740,8 +755,15 @@ def apply_override(config, override: str) -> None:
 def load_yaml_file(path: str) -> dict:
   if not os.path.exists(path):
     raise ConfigError(f"config file {path!r} does not exist.")
-  with open(path) as f:
-    content = yaml.safe_load(f)
+  try:
+    with open(path) as f:
+      content = yaml.safe_load(f)
+  except yaml.YAMLError as e:
+    where = getattr(e, "problem_mark", None)
+    at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+    raise ConfigError(f"config file {path!r} is not valid YAML{at}: "
+                      f"{getattr(e, 'problem', None) or e}. Fix the file (or pass the run's "
+                      "own config.yaml) and run again.") from None
   if content is None:
     return {}
   if not isinstance(content, dict):

@@ -2,7 +2,7 @@
 
     python -m tfreid.evaluate --model_dir=DIR [--checkpoint=latest|best|STEP|PATH]
         [--protocol=torchreid|mars_matlab] [--rerank] [--data_dir=DIR] [--split=N|all]
-        [--output_dir=DIR]
+        [--output_dir=DIR] [--override=key.path=value ...]
 
 Restores the checkpoint, extracts dense test features (every clip of every tracklet,
 averaged per tracklet), evaluates, and writes metrics.json (rank1, rank5, rank10, rank20,
@@ -37,7 +37,6 @@ train on MARS, test on iLIDS-VID and PRID-2011):
 
 import copy
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -61,6 +60,9 @@ def define_flags():
                       "single-split dataset).")
   flags.DEFINE_string("output_dir", None, "Where reports go (default MODEL_DIR/eval, or "
                       "MODEL_DIR/eval_<dataset> for another dataset).")
+  flags.DEFINE_multi_string("override", [], "key.path=value changes to the run's config for "
+                            "this evaluation, e.g. --override=data.skip_corrupt=true or "
+                            "--override=eval.distance=cosine (the model's keys cannot change).")
 
 
 def parse_split(value):
@@ -126,7 +128,7 @@ def _check_no_overlap(train_config, test_manifest, split: int, cross: bool) -> N
 
 
 def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, data_dir=None,
-                 split=None, output_dir=None) -> dict:
+                 split=None, output_dir=None, overrides=()) -> dict:
   """Restores a run and evaluates it; returns the metrics.json record written.
 
   Args:
@@ -139,6 +141,8 @@ def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, dat
     split: a split number, "all" (mean and std over every split), or None (the run's
       data.split; 0 on a single-split dataset).
     output_dir: where reports go (module docstring for the default).
+    overrides: key.path=value changes to the run's config (data.*, eval.*, export.*,
+      runtime.*; a model.* or losses.* key is refused: the checkpoint fixes the model).
 
   Returns:
     The record of metrics.json: for one split the contract keys plus `trained_on`,
@@ -156,6 +160,13 @@ def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, dat
   from tfreid.training import evaluation  # pylint: disable=import-outside-toplevel
 
   config = cfg.load_config(config_path)
+  for override in overrides or ():
+    if override.split("=", 1)[0].strip().split(".")[0] in ("model", "losses", "optimizer",
+                                                            "schedule", "trainer"):
+      raise ValueError(f"--override={override}: evaluation takes the model of its checkpoint; "
+                       "only data.*, eval.*, export.* and runtime.* keys can change here.")
+    cfg.apply_override(config, override)
+  config.validate()
   split = parse_split(split)
   path = checkpoints.resolve_checkpoint(model_dir, checkpoint)
   num_classes = num_training_identities(config, path)
@@ -183,7 +194,9 @@ def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, dat
   if output_dir:
     out_dir = output_dir
   elif cross:
-    out_dir = os.path.join(model_dir, f"eval_{test_manifest.get('dataset') or 'dataset'}")
+    # The dataset's name comes from its manifest: one safe path component, never a path.
+    out_dir = os.path.join(model_dir,
+                           f"eval_{schema.path_component(test_manifest.get('dataset'))}")
   else:
     out_dir = os.path.join(model_dir, "eval")
   per_split_dirs = split == ALL_SPLITS or (cross and not output_dir and num_splits > 1)
@@ -257,14 +270,10 @@ def format_summary(record: dict) -> str:
 
 def main(argv):
   del argv
-  from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
-  from tfreid.data.schema import DatasetError  # pylint: disable=import-outside-toplevel
-  try:
-    record = evaluate_run(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.protocol, FLAGS.rerank,
-                          FLAGS.data_dir, FLAGS.split, FLAGS.output_dir)
-  except (cfg.ConfigError, DatasetError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from tfreid import console  # pylint: disable=import-outside-toplevel
+  record = console.run_cli(lambda: evaluate_run(
+      FLAGS.model_dir, FLAGS.checkpoint, FLAGS.protocol, FLAGS.rerank, FLAGS.data_dir,
+      FLAGS.split, FLAGS.output_dir, FLAGS.override))
   print("\n" + format_summary(record))
 
 

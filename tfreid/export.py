@@ -38,14 +38,10 @@ def main(argv):
     print(f"error: {config_path} does not exist: {FLAGS.model_dir!r} is not a training "
           "directory written by `python -m tfreid.train`.", file=sys.stderr)
     sys.exit(2)
-  from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
+  from tfreid import console  # pylint: disable=import-outside-toplevel
   from tfreid import serving  # pylint: disable=import-outside-toplevel
-  try:
-    path = serving.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.checkpoint,
-                              FLAGS.version)
-  except (cfg.ConfigError, serving.ExportError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  path = console.run_cli(lambda: serving.export_run(FLAGS.model_dir, FLAGS.export_dir,
+                                                    FLAGS.checkpoint, FLAGS.version))
   print(path)
 
 

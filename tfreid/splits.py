@@ -282,7 +282,8 @@ def main(argv):
   aggregate = train.run_reporting_errors(run)
   if aggregate is None:
     print("Stopped before every split was evaluated; run the same command to resume.")
-    return
+    from tfreid import console  # pylint: disable=import-outside-toplevel
+    console.exit_now(console.EXIT_STOPPED)
   with open(os.path.join(FLAGS.model_dir, SUMMARY_MD), encoding="utf-8") as f:
     print("\n" + f.read())
 

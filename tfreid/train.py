@@ -8,12 +8,17 @@ built-in synthetic dataset. Overlays apply in order: the experiment, each --conf
 each --override (values parsed as YAML). The final config is written to DIR/config.yaml;
 `--config_file=DIR/config.yaml` reproduces the run. Running the same command again resumes
 from the newest checkpoint in DIR.
+
+Exit codes: 0 finished; 2 a bad config, dataset or argument; 3 training cannot go on (a NaN
+loss); 4 the disk is full; 143 stopped by SIGTERM (or a peer worker's) after saving a
+checkpoint (run the same command to resume); 1 an unexpected error (traceback printed).
 """
 
-import sys
 
 from absl import app
 from absl import flags
+
+from tfreid import console
 
 FLAGS = flags.FLAGS
 
@@ -55,31 +60,24 @@ def main(argv):
                               data_dir=FLAGS.data_dir or "")
     from tfreid.training import trainer  # pylint: disable=import-outside-toplevel
     profile = trainer.parse_profile_steps(FLAGS.profile_steps)
-    trainer.run_training(config, FLAGS.model_dir, profile_steps=profile)
+    return trainer.run_training(config, FLAGS.model_dir, profile_steps=profile,
+                                return_trainer=True)
 
-  run_reporting_errors(run)
+  trainer = run_reporting_errors(run)
+  if trainer.stopped_early:
+    # The loop saved a checkpoint and logged the stop; a job scheduler must not take the run
+    # for finished.
+    console.exit_now(console.EXIT_STOPPED)
 
 
 def run_reporting_errors(fn):
-  """Runs `fn()`; a user error (bad config or dataset) exits with code 2 and a NaN/Inf
-  training stop with code 3, each printing only its message. Returns what `fn` returns."""
-  from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
-  from tfreid.data.schema import DatasetError  # pylint: disable=import-outside-toplevel
-  try:
-    return fn()
-  except (cfg.ConfigError, DatasetError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except RuntimeError as e:
-    from tfreid.training.trainer import TrainingError  # pylint: disable=import-outside-toplevel
-    if isinstance(e, TrainingError):
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(3)
-    raise
+  """Runs `fn()` (`tfreid.console.run_cli`): a user error (bad config or dataset) exits with
+  code 2, a NaN/Inf training stop with code 3, a full disk with 4, each printing only its
+  message; a bug prints its traceback and exits with 1. Returns what `fn` returns."""
+  return console.run_cli(fn)
 
 
 if __name__ == "__main__":
-  from tfreid import console  # pylint: disable=import-outside-toplevel
   console.quiet_tensorflow_start()
   define_flags()
   app.run(main)

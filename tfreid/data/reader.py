@@ -372,7 +372,7 @@ def load_partition(data_dir: str, partition: str = "train", split: int = 0,
   skipped: list[str] = []
   shard_files = []
   for shard in shards:
-    path = os.path.join(data_dir, shard["file"])
+    path = schema.file_in_folder(data_dir, shard.get("file"), f"shard of {manifest_path}")
     if not os.path.exists(path):
       message = f"shard {path} listed in {manifest_path} does not exist"
       if not skip_corrupt:

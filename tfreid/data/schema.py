@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -90,6 +91,24 @@ def convert_hint() -> str:
           "--output_dir=/tmp/synth_raw && python -m data_pipelines.convert --dataset=mars "
           "--input_dir=/tmp/synth_raw --output_dir=/tmp/synth`; `make quickstart` does all "
           "of it for NAME:synthetic.")
+
+
+def file_in_folder(folder: str, name: Any, what: str) -> str:
+  """`folder/name` for a file name read from a data file (a manifest's shard), refusing a
+  name that would leave the folder (absolute, a parent reference, a separator)."""
+  if (not isinstance(name, str) or not name or os.path.isabs(name) or "/" in name
+      or "\\" in name or name in (".", "..") or os.sep in name):
+    raise DatasetError(f"{what} {name!r} is not a plain file name inside {folder}: names "
+                       "read from a dataset's files never lead outside its folder. The "
+                       "manifest is damaged or was edited by hand: re-run the converter.")
+  return os.path.join(folder, name)
+
+
+def path_component(name: Any, default: str = "dataset") -> str:
+  """A name read from a data file made safe to use as one path component: letters, digits,
+  '-', '_' and '.' kept, anything else '_', no leading dot (so never '..')."""
+  cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name or "")).lstrip(".")
+  return cleaned or default
 
 
 def read_manifest(data_dir: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ same command resumes from it.
 import collections
 import json
 import os
+import re
 
 from absl import logging
 import tensorflow as tf
@@ -67,6 +68,13 @@ class CheckpointKeeper:
         step_counter=step_counter)
     best = self.best_metrics()
     self._best_map = float(best["mAP"]) if best else float("-inf")
+    if chief:
+      for directory, manager in ((self.write_dir, self.manager),
+                                 (os.path.join(self.write_dir, BEST_DIR), self.best_manager)):
+        removed = remove_interrupted_saves(directory, manager.checkpoints)
+        if removed:
+          logging.info("Removed %d files of an interrupted save in %s: %s", len(removed),
+                       directory, ", ".join(removed[:4]))
 
   @property
   def latest(self) -> str | None:
@@ -119,6 +127,31 @@ class CheckpointKeeper:
       json.dump(record, f, indent=1)
     tf.io.gfile.rename(tmp, target, overwrite=True)
     return True
+
+
+_CHECKPOINT_FILE = re.compile(r"^(ckpt-\d+)(_temp.*|\.index|\.data-\d+-of-\d+)$")
+
+
+def remove_interrupted_saves(directory: str, kept) -> list[str]:
+  """Removes what a save killed half-way leaves in `directory`: TensorFlow's temporary
+  `ckpt-N_temp*` files and folders, and `ckpt-N` data or index files of a checkpoint the
+  state file does not list (written, but the save was cut before it was recorded). Only
+  files named like checkpoints are touched; returns their names."""
+  if not os.path.isdir(directory):
+    return []
+  listed = {os.path.basename(p) for p in kept}
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    match = _CHECKPOINT_FILE.match(name)
+    if not match or (match.group(1) in listed and not match.group(2).startswith("_temp")):
+      continue
+    path = os.path.join(directory, name)
+    if os.path.isdir(path):
+      tf.io.gfile.rmtree(path)
+    else:
+      os.remove(path)
+    removed.append(name)
+  return removed
 
 
 def resolve_checkpoint(model_dir: str, checkpoint: str = "") -> str:

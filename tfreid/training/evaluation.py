@@ -15,6 +15,7 @@ records of a 10-split dataset into the mean and sample standard deviation over s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import weakref
@@ -100,9 +101,9 @@ def extract_features(config: cfg.ExperimentConfig, model, partition: str,
   split = config.data.split if split is None else split
   streams = contract.input_streams(config)
   index = data_reader.load_partition(config.data.data_dir, partition, split=split,
-                                     protocol=protocol)
+                                     protocol=protocol, skip_corrupt=config.data.skip_corrupt)
   dataset = data_pipeline.make_test_dataset(config, partition, split=split, protocol=protocol,
-                                            streams=streams)
+                                            index=index, streams=streams)
   run = _feature_function(model, streams)
   n = len(index.pids)
   sums: dict[str, np.ndarray] = {}
@@ -116,11 +117,30 @@ def extract_features(config: cfg.ExperimentConfig, model, partition: str,
         sums[key] = np.zeros((n,) + value.shape[1:], np.float64)
       np.add.at(sums[key], idx, value)
     np.add.at(counts, idx, 1)
-  if (counts == 0).any():
-    missing = np.flatnonzero(counts == 0)[:5]
-    raise RuntimeError(f"partition {partition!r}: tracklets at positions {missing.tolist()} "
-                       "produced no clip.")
+  empty = counts == 0
+  if empty.any():
+    if not config.data.skip_corrupt or empty.all():
+      missing = np.flatnonzero(empty)[:5]
+      raise RuntimeError(f"partition {partition!r}: tracklets at positions "
+                         f"{missing.tolist()} produced no clip.")
+    # Records skipped as corrupt (data.skip_corrupt) leave the evaluation, counted.
+    keep = ~empty
+    logging.warning("partition %r: %d tracklet(s) left out of the evaluation, their records "
+                    "being unreadable (data.skip_corrupt).", partition, int(empty.sum()))
+    sums = {k: v[keep] for k, v in sums.items()}
+    counts = counts[keep]
+    index = subset_index(index, keep, f"{int(empty.sum())} unreadable record(s) left out")
   return contract.finish_tracklet(model, sums, counts), index
+
+
+def subset_index(index, keep: np.ndarray, reason: str):
+  """The partition index restricted to the tracklets where `keep` is True; `reason` is
+  added to its `skipped` notes."""
+  n = len(index.pids)
+  fields = {f.name: getattr(index, f.name)[keep] for f in dataclasses.fields(index)
+            if isinstance(getattr(index, f.name), np.ndarray)
+            and getattr(index, f.name).shape[:1] == (n,)}
+  return dataclasses.replace(index, **fields, skipped=tuple(index.skipped) + (reason,))
 
 
 def distance_matrix(config: cfg.ExperimentConfig, model, query: dict, gallery: dict
@@ -221,6 +241,9 @@ def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
       "split": int(config.data.split),
       "num_valid_queries": int(result["num_valid_queries"]),
       "num_gallery": int(len(evaluation["gallery_index"].pids)),
+      # Tracklets or shards left out as unreadable (data.skip_corrupt), per side.
+      "skipped": {"query": list(evaluation["query_index"].skipped),
+                  "gallery": list(evaluation["gallery_index"].skipped)},
       "cmc": [float(x) for x in result["cmc"]],
   })
   record.update(extra or {})

@@ -31,6 +31,7 @@ from tfreid.models import build_model
 from tfreid.models import contract
 from tfreid.training import checkpoints as ckpt_lib
 from tfreid.training import optimizers as opt_lib
+from tfreid.training import run_lock
 from tfreid.training import strategy as strategy_lib
 from tfreid.training.progress import ProgressBar
 
@@ -81,6 +82,8 @@ class Trainer:
     self.profile_steps = tuple(profile_steps) if profile_steps else None
     self.chief = strategy_lib.is_chief(self.strategy)
     self.num_workers = strategy_lib.num_workers(self.strategy)
+    # One writer per run directory (the chief's lock; run_lock module docstring).
+    self.lock = run_lock.acquire(model_dir) if self.chief else None
     set_mixed_precision(config.runtime)
     tf.random.set_seed(config.runtime.seed)
     keras.utils.set_random_seed(config.runtime.seed)
@@ -89,7 +92,8 @@ class Trainer:
     self.streams = contract.input_streams(config)
     if num_classes is None:
       train_index = data_reader.load_partition(config.data.data_dir, "train",
-                                               split=config.data.split)
+                                               split=config.data.split,
+                                               skip_corrupt=config.data.skip_corrupt)
       # A stream the model reads but the dataset lacks stops here, before any model is
       # built, with the converter command that adds it.
       data_reader.check_streams(train_index, "flow" in self.streams,
@@ -152,6 +156,8 @@ class Trainer:
     self._any_worker_stops = tf.function(self._distributed_stop_flag)
     self._stop_requested = False
     self._stop_signal = None
+    # True when train() returned before trainer.epochs on a SIGTERM (or a peer's).
+    self.stopped_early = False
 
   # --------------------------------------------------------------------------- step
 
@@ -312,6 +318,7 @@ class Trainer:
                      else "a stop requested by another worker")
             logging.warning("Stopped at step %d on %s; checkpoint saved. Run the same command "
                             "to resume.", step, cause)
+            self.stopped_early = True
             return last_values
         finished_epoch = epoch + 1
         every = config.trainer.eval_every_epochs
@@ -454,12 +461,14 @@ def attention_images(value) -> tf.Tensor | None:
 
 
 def run_training(config: cfg.ExperimentConfig, model_dir: str, strategy=None,
-                 profile_steps=None) -> dict:
-  """Writes config.yaml and trains. Returns the last logged loss values."""
+                 profile_steps=None, return_trainer: bool = False):
+  """Writes config.yaml and trains. Returns the last logged loss values, or the Trainer
+  (`return_trainer`; its `stopped_early` says whether a signal stopped it)."""
   trainer = Trainer(config, model_dir, strategy=strategy, profile_steps=profile_steps)
   if trainer.chief:
     cfg.save_config(config, os.path.join(model_dir, "config.yaml"))
-  return trainer.train()
+  values = trainer.train()
+  return trainer if return_trainer else values
 
 
 def parse_profile_steps(value: str):
