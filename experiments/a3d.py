@@ -37,7 +37,8 @@ Variants (table VII: iLIDS-VID rank-1 / rank-5 / mAP; all on `ilidsvid`'s recipe
   random_attention random attention, 80.5 / 96.8 / 87.6 (`model.a3d.location_policy=uniform`:
                    bins drawn uniformly at train and test; no RL term).
   no_rnn           w/o RNN, 86.8 / 98.5 / 91.8 (`model.a3d.num_glimpses=1`: one glimpse at
-                   the centre bin, no action is used, so no RL).
+                   the centre bin; its action chooses no bin, so
+                   `losses.reinforce.include_final_action=false`: no RL).
   no_rl            w/o RL objective, 85.0 / 96.6 / 90.1 (`losses.reinforce.weight=0`: the
                    policy still samples around an untrained mean).
   no_flow          w/o optical flow, 84.8 / 96.8 / 88.7 (`model.a3d.use_flow=false`: clips
@@ -136,6 +137,8 @@ def get_config(variant: str = "") -> cfg.ExperimentConfig:
     del c.losses.reinforce
   elif variant in ("no_rnn", "glimpses1"):
     section.num_glimpses = 1
+    # The one action chooses no bin: no policy-gradient term (the value head still fits R).
+    c.losses.reinforce.include_final_action = False
   elif variant == "glimpses2":
     section.num_glimpses = 2
   elif variant == "no_rl":

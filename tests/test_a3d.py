@@ -295,14 +295,13 @@ def test_reinforce_term_sums_the_actions_that_chose_bins_and_adds_the_value_loss
   logits = tf.constant([[0.0, 1.0], [1.0, 0.0]])
   batch = {"labels": tf.constant([1, 1])}                   # R = [1, 0]
   outputs = {"a3d_log_prob": log_prob, "a3d_value": value, "logits": logits}
-  term = reinforce.ReinforceLoss(value_weight=0.5)
+  term = reinforce.ReinforceLoss(value_weight=0.5, include_final_action=False)
   r = np.array([1.0, 0.0])
   lp, v = log_prob.numpy(), value.numpy()
   rl = -np.mean([sum(lp[m, t] * (r[m] - v[m, t]) for t in range(2)) for m in range(2)])
   vl = np.mean((v - r[:, None]) ** 2)
   assert float(term(outputs, batch)) == pytest.approx(rl + 0.5 * vl, rel=1e-6)
-  all_actions = reinforce.ReinforceLoss(include_final_action=True, baseline="none",
-                                        value_weight=0.0)
+  all_actions = reinforce.ReinforceLoss(baseline="none", value_weight=0.0)   # eq. 12: all T
   assert float(all_actions(outputs, batch)) == pytest.approx(-np.mean(lp.sum(1) * r), rel=1e-6)
 
 

@@ -19,9 +19,11 @@ network's regression loss is the library's choice of how to fit "the value funct
 paper uses as baseline (section III-C); it reaches only the value head (the model stops h_t
 before it).
 
-Which actions count: the action a_T of the last glimpse chooses no bin, so it cannot affect
-R; by default (``include_final_action=False``) the sum runs over a_1..a_{T-1}, the actions
-that chose the bins of glimpses 2..T. With T = 1 the term is 0.
+Which actions count: eq. 12 sums over all T actions a_1..a_T, and so does this term by
+default. The action a_T of the last glimpse chooses no bin, so it cannot affect R: its score
+term has expectation 0 and only adds variance; ``include_final_action=False`` drops it (sum
+over a_1..a_{T-1}, the actions that chose the bins of glimpses 2..T; with T = 1 the RL term
+is then 0). The design note prefers that default; the paper's printed sum wins here.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class ReinforceLoss(LossTerm):
 
   def __init__(self, name: str = "reinforce", weight: float = 1.0, value_weight: float = 1.0,
                discount: float = 1.0, baseline: str = "value",
-               include_final_action: bool = False, log_prob: str = "a3d_log_prob",
+               include_final_action: bool = True, log_prob: str = "a3d_log_prob",
                value: str = "a3d_value", logits: str = "logits"):
     super().__init__(name=name, weight=weight)
     if baseline not in BASELINES:
@@ -119,8 +121,8 @@ class Config:
   discount: float = 1.0
   # value (eq. 13) | none (eq. 12)
   baseline: str = "value"
-  # Count the last glimpse's action, which chooses no bin.
-  include_final_action: bool = False
+  # Count the last glimpse's action, which chooses no bin (eq. 12 sums all T).
+  include_final_action: bool = True
   log_prob: str = "a3d_log_prob"
   value: str = "a3d_value"
   logits: str = "logits"

@@ -66,6 +66,7 @@ from tfreid.backbones import resnet2d, resnet3d, weights
 from tfreid.config import ConfigError
 from tfreid.layers.preprocessing import ClipNormalization
 from tfreid.layers import recurrent_attention as ra
+from tfreid.losses import reinforce
 from tfreid.models.base import ConfigKeysMixin
 
 ATTENTION_MODES = ("recurrent", "none")
@@ -274,16 +275,11 @@ class A3D(ConfigKeysMixin, keras.Model):
     """Mean reward (eq. 7) and the value baseline's squared error (eq. 13)."""
     if self.agent is None or "labels" not in batch:
       return {}
-    reward = classification_reward(outputs["logits"], batch["labels"])
+    reward = reinforce.classification_return(outputs["logits"],
+                                             tf.reshape(batch["labels"], [-1]), 1)
     return {"a3d_reward": reward,
             "a3d_value_error": tf.reduce_mean(
                 tf.square(outputs["a3d_value"] - reward[:, None]), axis=1)}
-
-
-def classification_reward(logits, labels) -> tf.Tensor:
-  """Eq. 7's r_T: 1 where argmax p_c is the true label, else 0 (float32 [B])."""
-  predicted = tf.argmax(tf.cast(logits, tf.float32), axis=-1, output_type=tf.int32)
-  return tf.cast(tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int32)), tf.float32)
 
 
 def draw_bins(clips, index, grid, bin_size) -> tf.Tensor:
