@@ -165,7 +165,12 @@ def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
   # Phi over D = 256 features of a network trained from scratch: softened (library choice).
   section.enhancement_scale = 1.0 / 16
   c.trainer.freeze = []
-  _stage_schedule(c, 50, 0.05)
+  # Adam (library choice): the paper's SGD at 0.05 barely moved a network trained from
+  # scratch in 450 steps (easy preset, seed 0: rank-1 3.1, mAP 10.5), Adam at 1e-3 reached
+  # rank-1 32.5, mAP 44.2.
+  c.optimizer = cfg.OptimizerConfig(name="adam", learning_rate=1e-3, weight_decay=5e-4,
+                                    weight_decay_mode="l2")
+  _stage_schedule(c, 50, 1e-3)
   c.trainer.checkpoint_every_steps = 100
   c.trainer.log_every_steps = 5
   c.trainer.image_summary_every_steps = 100

@@ -12,6 +12,7 @@ from tfreid.layers import spatial_attention as sa
 from tfreid.layers import temporal_attention as ta
 from tfreid.losses import diversity
 from tfreid.models.diversity_attention import DiversityAttention
+from tfreid.training import trainer as trainer_lib
 
 
 @pytest.fixture(autouse=True)
@@ -355,3 +356,20 @@ def test_restricted_random_sampling_and_chunk_first_follow_section_3_1():
     counts = np.bincount(picked[:, k] - edges[k], minlength=edges[k + 1] - edges[k])
     assert len(counts) == edges[k + 1] - edges[k]                       # inside chunk k
     assert counts.min() > 0.8 * 4000 / len(counts)                      # uniform within it
+
+
+def test_attention_outputs_become_one_picture_per_frame_and_part():
+  """TensorBoard (`attention/<output>`): each of the K receptive fields of every frame is a
+  picture of the h x w grid, and they differ from the start; the temporal weights of a clip
+  are one K x N picture (a row per part)."""
+  rng = np.random.default_rng(12)
+  model = DiversityAttention(5, num_frames=3, block_counts=(1, 1, 1, 1), base_width=2,
+                             num_parts=3, hidden_dim=4, embedding_dim=4)
+  clips = rng.integers(0, 256, (2, 3, 128, 64, 3), dtype=np.uint8)
+  out = model({"clips": clips}, training=False)
+  assert trainer_lib.attention_images(out["attention_spatial"]).shape == (2 * 3 * 3, 4, 2, 1)
+  assert trainer_lib.attention_images(out["attention_temporal"]).shape == (2, 3, 3, 1)
+  maps = out["attention_spatial"].numpy()
+  for i in range(3):
+    for j in range(i + 1, 3):
+      assert np.abs(maps[:, :, i] - maps[:, :, j]).max() > 1e-3

@@ -30,7 +30,7 @@ TINY = ["data.height=64", "data.width=32", "data.seq_len=3", "data.num_identitie
         "model.diversity_attention.hidden_dim=4", "model.diversity_attention.embedding_dim=8",
         "trainer.epochs=1", "trainer.steps_per_epoch=3", "trainer.log_every_steps=1",
         "trainer.image_summary_every_steps=0", "trainer.eval_every_epochs=0",
-        "trainer.checkpoint_every_steps=1000", "optimizer.learning_rate=0.1",
+        "trainer.checkpoint_every_steps=1000", "optimizer.learning_rate=0.01",
         "runtime.jit_compile=false"]
 
 
