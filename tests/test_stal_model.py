@@ -1,0 +1,216 @@
+"""stal model: parameter count of the paper's configuration against the docstring's
+breakdown, one full-size forward pass, tracklet aggregation over all frames (eq. 9) and the
+test distance against NumPy, the test-time switches (Fig. 5-8), gradients, the
+experiment's variants."""
+
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments import stal as stal_experiment
+from tfreid import config as cfg
+from tfreid.layers import stal_attention as sa
+from tfreid.models import build_model, contract, stal
+
+TINY = dict(width_divisor=16, global_embedding_dim=12, local_embedding_dim=6,
+            attention_channels=64, pool_size=4)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+  keras.utils.set_random_seed(0)
+
+
+def _inputs(rng, batch=2, frames=3, height=64, width=32):
+  clips = rng.integers(0, 256, (batch, frames, height, width, 3), dtype=np.uint8)
+  kp = np.concatenate([rng.uniform(0, width - 1, (batch, frames, 14, 1)),
+                       rng.uniform(0, height - 1, (batch, frames, 14, 1)),
+                       rng.uniform(0.2, 1, (batch, frames, 14, 1))], -1).astype(np.float32)
+  return {"clips": clips, "keypoints": kp}
+
+
+def _conv_bn(k, cin, cout):
+  return k * k * cin * cout + cout + 4 * cout   # kernel, bias, BN gamma/beta/mean/var
+
+
+def _inception(cin, one, r3, c3, rd, cd, proj):
+  total = _conv_bn(1, cin, r3) + _conv_bn(3, r3, c3)
+  total += _conv_bn(1, cin, rd) + _conv_bn(3, rd, cd) + _conv_bn(3, cd, cd)
+  if one:
+    total += _conv_bn(1, cin, one)
+  if proj:
+    total += _conv_bn(1, cin, proj)
+  return total
+
+
+# BN-Inception modules written out from Ioffe and Szegedy's table (input width first).
+MODULES = {"3a": (192, 64, 64, 64, 64, 96, 32), "3b": (256, 64, 64, 96, 64, 96, 64),
+           "3c": (320, 0, 128, 160, 64, 96, 0), "4a": (576, 224, 64, 96, 96, 128, 128),
+           "4b": (576, 192, 96, 128, 96, 128, 128), "4c": (576, 160, 128, 160, 128, 160, 96),
+           "4d": (576, 96, 128, 192, 160, 192, 96), "4e": (576, 0, 128, 192, 192, 256, 0),
+           "5a": (1024, 352, 192, 320, 160, 224, 128),
+           "5b": (1024, 352, 192, 320, 192, 224, 128)}
+
+
+def test_paper_configuration_size_and_forward():
+  config = stal_experiment.get_config("")
+  config.model.backbone.init = "none"
+  model = build_model(config.validate(), num_classes=625)
+  m = {k: _inception(*v) for k, v in MODULES.items()}
+  stem = _conv_bn(7, 3, 64) + _conv_bn(1, 64, 64) + _conv_bn(3, 64, 192)
+  low = stem + sum(m[k] for k in ("3a", "3b", "3c", "4a", "4b"))
+  ran = (_conv_bn(1, 576, 64) + _conv_bn(3, 64, 192) + 16 * 192 * 192 + 192
+         + 192 * 576 + 576)
+  glob = m["4c"] + ran + sum(m[k] for k in ("4d", "4e", "5a", "5b"))
+  classifier = 1024 * 625 + 625
+  part = m["4c"] + m["4d"] + m["4e"] + 4 * 4 * 1024 * 1024 + 1024
+  stan = 7 * 7 * 576 * 256 + 256 + 2 * (9 * 256 * 256 + 256) + 256 * 6 + 6
+  # The docstring's breakdown.
+  assert (low, glob, part, stan) == (2_275_328, 8_774_432, 20_231_168, 8_407_302)
+  expected = low + glob + classifier + 6 * (part + classifier) + stan
+  assert model.count_params() == expected == stal.PAPER_CONFIG_PARAMS
+
+  rng = np.random.default_rng(0)
+  inputs = _inputs(rng, batch=1, frames=8, height=224, width=224)
+  start = time.perf_counter()
+  out = model(inputs, training=False)
+  seconds = time.perf_counter() - start
+  shapes = {k: tuple(v.shape) for k, v in out.items()}
+  assert shapes == {
+      "embedding": (1, 1024), "logits": (1, 625), "frame_embedding": (1, 8, 1024),
+      "part_features": (1, 8, 6, 1024), "part_logits": (1, 8, 6, 625),
+      "attention_scores": (1, 8, 6), "parts": (1, 6, 1024), "part_weight": (1, 6),
+      "part_boxes": (1, 8, 6, 4), "attention_boxes": (1, 8, 56, 56)}
+  assert all(np.isfinite(v.numpy()).all() for v in out.values())
+  print(f"paper-size forward of one 8x224x224 clip: {seconds:.2f} s")
+
+
+def _np_tracklet(out):
+  """Eq. 9 and abar over every frame of one clip's per-frame outputs (NumPy)."""
+  f = out["part_features"].numpy()[0].astype(np.float64)      # [T, R, D]
+  s = out["attention_scores"].numpy()[0].astype(np.float64)   # [T, R]
+  g = out["frame_embedding"].numpy()[0].astype(np.float64)    # [T, Dg]
+  parts = np.stack([(s[:, r, None] * f[:, r]).sum(0) / s[:, r].sum() for r in range(6)])
+  return {"embedding": g.mean(0), "parts": parts, "abar": s.mean(0), "mean_parts": f.mean(0)}
+
+
+def _np_distance(q, g, w=0.3, temporal=True, spatial=True, which="fused", keep=None):
+  keep = list(range(6)) if keep is None else keep
+  pq = q["parts" if temporal else "mean_parts"][keep]
+  pg = g["parts" if temporal else "mean_parts"][keep]
+  aq = q["abar"][keep] if spatial else np.ones(len(keep))
+  ag = g["abar"][keep] if spatial else np.ones(len(keep))
+  local = sum(aq[r] * ag[r] / (aq.sum() * ag.sum()) * np.linalg.norm(pq[r] - pg[r])
+              for r in range(len(keep)))
+  glob = np.linalg.norm(q["embedding"] - g["embedding"])
+  return {"fused": local + w * glob, "local": local, "global": glob}[which]
+
+
+@pytest.mark.parametrize("switches", [
+    {}, {"temporal_attention": False}, {"spatial_attention": False},
+    {"temporal_attention": False, "spatial_attention": False},
+    {"test_distance": "global"}, {"test_distance": "local", "test_parts": [1]},
+    {"global_distance_weight": 0.7}])
+def test_tracklets_aggregate_all_frames_and_distance_switches(switches):
+  """Twelve frames as three clips of four: the summed statistics, finished, equal eq. 9
+  and abar over all twelve frames; the test distance follows the switches."""
+  model = stal.Stal(5, **TINY, **switches)
+  rng = np.random.default_rng(1)
+  reps, refs = [], []
+  for _ in range(2):
+    whole = _inputs(rng, batch=1, frames=12)
+    refs.append(_np_tracklet(model(whole, training=False)))
+    sums = None
+    for c in range(3):
+      clip = {k: v[:, 4 * c:4 * c + 4] for k, v in whole.items()}
+      stats = contract.tracklet_statistics(model, model(clip, training=False))
+      sums = stats if sums is None else {k: sums[k] + stats[k] for k in stats}
+    reps.append(contract.finish_tracklet(model, sums, tf.constant([3.0])))
+  np.testing.assert_allclose(reps[0]["embedding"].numpy()[0], refs[0]["embedding"],
+                             rtol=1e-4, atol=1e-5)
+  if model.temporal_attention:
+    np.testing.assert_allclose(reps[0]["parts"].numpy()[0], refs[0]["parts"], rtol=1e-4,
+                               atol=1e-5)
+  got = model.pairwise_distance(reps[0], reps[1]).numpy()[0, 0]
+  want = _np_distance(refs[0], refs[1], w=switches.get("global_distance_weight", 0.3),
+                      temporal=switches.get("temporal_attention", True),
+                      spatial=switches.get("spatial_attention", True),
+                      which=switches.get("test_distance", "fused"),
+                      keep=switches.get("test_parts"))
+  # d_g comes from the Gram matrix in float32 (as for any Euclidean distance here).
+  assert got == pytest.approx(want, rel=1e-3, abs=1e-5)
+
+
+def test_training_outputs_gradients_and_distances():
+  model = stal.Stal(4, **TINY)
+  inputs = _inputs(np.random.default_rng(2), batch=4, frames=2)
+  labels = tf.constant([0, 0, 1, 1])
+  with tf.GradientTape() as tape:
+    out = model(inputs, training=True)
+    loss = (tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels,
+                                                                          out["logits"]))
+            + tf.reduce_mean(model.local_distance(out, out))
+            + tf.reduce_mean(model.global_distance(out, out))
+            + tf.reduce_mean(out["part_logits"]))
+  grads = tape.gradient(loss, model.trainable_variables)
+  for var, grad in zip(model.trainable_variables, grads):
+    assert grad is not None and np.isfinite(grad.numpy()).all(), var.path
+  # The STAN and the part networks are trained through psi (eqs. 8-9).
+  stan = [g for v, g in zip(model.trainable_variables, grads) if "stan" in v.path]
+  assert stan and all(np.abs(g.numpy()).max() > 0 for g in stan)
+  # The training distances are eq. 8 on eq. 9 of the clip, and d_g.
+  fns = contract.distance_functions(model)
+  assert set(fns) == {"global", "local", "learned"}
+  d = fns["local"](out, out).numpy()
+  assert d.shape == (4, 4) and np.allclose(np.diag(d), 0, atol=1e-4)  # Gram, float32
+  parts = sa.temporal_aggregation(out["part_features"], out["attention_scores"])
+  np.testing.assert_allclose(out["parts"].numpy(), parts.numpy(), rtol=1e-6)
+  g = out["embedding"].numpy()
+  np.testing.assert_allclose(fns["global"](out, out).numpy()[0, 3],
+                             np.linalg.norm(g[0] - g[3]), rtol=1e-5)
+  with pytest.raises(ValueError, match="keypoints"):
+    model({"clips": inputs["clips"]})
+
+
+def test_attention_boxes_draw_each_part_with_its_score():
+  model = stal.Stal(3, **TINY)
+  inputs = _inputs(np.random.default_rng(3), batch=1, frames=2)
+  out = model(inputs, training=False)
+  drawn = out["attention_boxes"].numpy()          # [1, 2, 16, 8]
+  boxes = out["part_boxes"].numpy() / 4.0
+  s = out["attention_scores"].numpy()
+  for t in range(2):
+    for y in range(16):
+      for x in range(8):
+        inside = [s[0, t, r] for r in range(6) if boxes[0, t, r, 0] <= x <= boxes[0, t, r, 2]
+                  and boxes[0, t, r, 1] <= y <= boxes[0, t, r, 3]]
+        assert drawn[0, t, y, x] == pytest.approx(max(inside, default=0.0))
+
+
+def test_variants_build_and_validate():
+  for variant in stal_experiment.VARIANTS:
+    c = stal_experiment.get_config(variant)
+    c.experiment = f"stal:{variant}"
+    c.validate()
+    assert contract.input_streams(c) == ("clips", "keypoints")
+  paper = stal_experiment.get_config("")
+  assert (paper.losses.global_triplet.margin, paper.losses.local_triplet.margin,
+          paper.losses.local_triplet.weight) == (1.2, 0.8, 0.3)
+  assert paper.losses.local_triplet.distance == "local"
+  assert paper.model.stal.global_distance_weight == 0.3
+  assert stal_experiment.get_config("no_ran").model.stal.residual_attention is False
+  with pytest.raises(ValueError, match="unknown stal variant"):
+    stal_experiment.get_config("resnet")
+  bad = stal_experiment.get_config("synthetic")
+  bad.data.height = 100
+  with pytest.raises(cfg.ConfigError, match="divisible by 32"):
+    stal.validate_config(bad)
+  bad = stal_experiment.get_config("")
+  bad.model.backbone.weights_path = ""
+  with pytest.raises(cfg.ConfigError, match="weights_path"):
+    stal.build(bad, 5)
+  with pytest.raises(cfg.ConfigError, match="test_parts"):
+    stal.StalConfig(test_parts=[6]).validate()
