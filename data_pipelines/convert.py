@@ -227,6 +227,10 @@ def define_flags() -> None:
                      "Flow quantisation: q = round(f * scale) + 128, clipped to 0..255.")
   flags.DEFINE_string("keypoints", None, "JSON-lines file of per-frame body joints (see "
                       "data_pipelines/keypoints.py).")
+  flags.DEFINE_enum("keypoints_format", "tfreid", ["tfreid", "coco17"], "--keypoints file "
+                    "format: tfreid's JSON lines, or a COCO-17 keypoint document (MMPose, "
+                    "YOLO-pose, OpenPose COCO), mapped to the 14 joints "
+                    "(data_pipelines/keypoints.py COCO17_DOC).")
   flags.DEFINE_string("camera_regex", folder.DEFAULT_CAMERA_REGEX, "--dataset=folder: regex "
                       "whose first group is the camera number, searched in the tracklet folder "
                       "name, then in the frame names.")
@@ -243,12 +247,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workers = FLAGS.num_workers or (os.cpu_count() or 1)
+  keypoints = FLAGS.keypoints
   try:
+    if keypoints and FLAGS.keypoints_format == "coco17":
+      # The 14-joint lines of the COCO document, beside the output (kept: the manifest
+      # names the file it read).
+      keypoints = os.path.abspath(FLAGS.output_dir).rstrip("/") + ".keypoints14.jsonl"
+      counts = keypoints_lib.coco17_to_jsonl(FLAGS.keypoints, keypoints)
+      print(f"COCO-17 keypoints -> {keypoints}: {counts}")
     manifest = convert(FLAGS.dataset, FLAGS.input_dir, FLAGS.output_dir,
                        num_workers=workers, shard_size_mb=FLAGS.shard_size_mb,
                        optical_flow=FLAGS.optical_flow, flow_method=FLAGS.flow_method,
                        dis_preset=FLAGS.dis_preset, flow_scale=FLAGS.flow_scale,
-                       keypoints=FLAGS.keypoints, camera_regex=FLAGS.camera_regex,
+                       keypoints=keypoints, camera_regex=FLAGS.camera_regex,
                        csv_path=FLAGS.csv, split_seed=FLAGS.split_seed,
                        overwrite=FLAGS.overwrite, progress=FLAGS.progress)
   except (shards.ConversionError, ValueError, FileNotFoundError) as e:

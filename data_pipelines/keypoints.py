@@ -159,3 +159,90 @@ def keypoints_manifest(arrays: KeypointArrays, frames_with_keypoints: int, frame
           "unmatched_lines": arrays.unmatched_lines,
           "unmatched_examples": list(arrays.unmatched_examples),
           "joints": list(schema.JOINT_NAMES)}
+
+
+# ------------------------------------------------------------------ COCO-17 import
+
+COCO17_NAMES = ("nose", "l_eye", "r_eye", "l_ear", "r_ear", "l_shoulder", "r_shoulder",
+                "l_elbow", "r_elbow", "l_wrist", "r_wrist", "l_hip", "r_hip", "l_knee",
+                "r_knee", "l_ankle", "r_ankle")
+# tfreid joint <- COCO-17 joint, for the 12 limb joints both skeletons have.
+COCO17_DIRECT = {"r_ankle": "r_ankle", "r_knee": "r_knee", "r_hip": "r_hip", "l_hip": "l_hip",
+                 "l_knee": "l_knee", "l_ankle": "l_ankle", "r_wrist": "r_wrist",
+                 "r_elbow": "r_elbow", "r_shoulder": "r_shoulder",
+                 "l_shoulder": "l_shoulder", "l_elbow": "l_elbow", "l_wrist": "l_wrist"}
+COCO17_FACE = ("nose", "l_eye", "r_eye", "l_ear", "r_ear")
+
+COCO17_DOC = """\
+COCO-17 keypoints (what MMPose, Ultralytics YOLO-pose and OpenPose's COCO mode write), as
+one JSON document: {"images": [{"id": ID, "file_name": "<frame path relative to
+input_dir>"}, ...], "annotations": [{"image_id": ID, "keypoints": [x1, y1, v1, ... 17
+joints], "score": S}, ...]} (the COCO annotation layout; "score" optional). Mapped to
+tfreid's 14 joints by `coco17_to_joints`: the 12 limb joints are copied; the neck is the
+midpoint of the two shoulders (visibility: the smaller of the two; absent unless both are
+there); the head top, which COCO lacks, is the highest face point (nose, eyes, ears: the
+smallest y among those present, with their mean x) raised by half the distance from it to
+the neck, with the smallest face visibility (absent without a face point and a neck).
+Joints with v = 0 stay zeros. Per frame the detection with the highest score is kept
+(person crops hold one person); a frame without a detection gets no line, so the
+converter stores it as "no keypoints" and nothing is invented."""
+
+
+def coco17_to_joints(coco) -> np.ndarray:
+  """COCO-17 keypoints [17, 3] (x, y, v) -> tfreid's 14 joints [14, 3] (COCO17_DOC)."""
+  coco = np.asarray(coco, np.float32).reshape(-1, 3)
+  if coco.shape != (17, 3):
+    raise ValueError(f"COCO-17 keypoints must hold 17 (x, y, v) triples, got "
+                     f"{coco.size} numbers.")
+  src = {name: coco[i] for i, name in enumerate(COCO17_NAMES)}
+  out = np.zeros((schema.NUM_JOINTS, 3), np.float32)
+  index = {name: i for i, name in enumerate(schema.JOINT_NAMES)}
+  for ours, theirs in COCO17_DIRECT.items():
+    if src[theirs][2] > 0:
+      out[index[ours]] = src[theirs]
+  left, right = src["l_shoulder"], src["r_shoulder"]
+  if left[2] > 0 and right[2] > 0:
+    out[index["neck"]] = [(left[0] + right[0]) / 2, (left[1] + right[1]) / 2,
+                          min(left[2], right[2])]
+  face = np.array([src[n] for n in COCO17_FACE if src[n][2] > 0], np.float32)
+  neck = out[index["neck"]]
+  if len(face) and neck[2] > 0:
+    top_y = face[:, 1].min()
+    rise = max(0.0, float(neck[1] - top_y)) / 2
+    out[index["head_top"]] = [face[:, 0].mean(), top_y - rise, face[:, 2].min()]
+  return out
+
+
+def coco17_to_jsonl(coco_path: str, output_path: str) -> dict:
+  """Writes the `--keypoints` JSON-lines file of a COCO-17 document (COCO17_DOC); returns
+  counts: frames written, images without a detection, detections dropped."""
+  with open(coco_path, encoding="utf-8") as f:
+    doc = json.load(f)
+  if not isinstance(doc, dict) or "images" not in doc or "annotations" not in doc:
+    raise ValueError(f"{coco_path}: not a COCO keypoint document.\n{COCO17_DOC}")
+  names = {}
+  for image in doc["images"]:
+    if "id" not in image or "file_name" not in image:
+      raise ValueError(f"{coco_path}: an image entry lacks 'id' or 'file_name': {image}")
+    names[image["id"]] = normalize_frame_path(image["file_name"])
+  best = {}
+  dropped = 0
+  for ann in doc["annotations"]:
+    if ann.get("image_id") not in names:
+      raise ValueError(f"{coco_path}: annotation for unknown image_id "
+                       f"{ann.get('image_id')!r}.")
+    score = float(ann.get("score", 1.0))
+    previous = best.get(ann["image_id"])
+    if previous is not None:
+      dropped += 1
+      if previous[0] >= score:
+        continue
+    best[ann["image_id"]] = (score, coco17_to_joints(ann["keypoints"]))
+  with open(output_path, "w", encoding="utf-8") as f:
+    for image_id in sorted(best, key=lambda i: names[i]):
+      joints = best[image_id][1]
+      f.write(json.dumps({"frame": names[image_id],
+                          "keypoints": [[round(float(v), 3) for v in j] for j in joints]})
+              + "\n")
+  return {"frames": len(best), "without_detection": len(names) - len(best),
+          "dropped_detections": dropped}
