@@ -72,7 +72,8 @@ Variants:
   ""            stage (e), the paper's model: everything trained, from the `temporal` run.
   baseline, spatial_noreg, spatial_lin, spatial, maxpool, temporal
                 the table 1 rows above; spatial* start from the baseline run, maxpool and
-                temporal from the spatial run (each with --override=trainer.init_checkpoint=).
+                temporal from the spatial run (each with --override=trainer.init_checkpoint=;
+                without it they stop with that instruction, since their backbone is frozen).
   k1, k2, k4, k8
                 table 2: the temporal stage with K attention models.
   ilidsvid, prid2011
@@ -81,8 +82,10 @@ Variants:
                   --data_dir=DATA/ilidsvid --model_dir=runs/drsa_ilidsvid
                   --override=trainer.init_checkpoint=runs/drsa_temporal
   synthetic     the whole model at 128 x 64 (a 4 x 2 grid), a narrow backbone, K = 4,
-                N = 4, trained in one stage from scratch on the built-in synthetic dataset
-                (README quickstart: make quickstart EXPERIMENT=diversity_attention:synthetic).
+                N = 4, trained in one stage from scratch with Adam on the built-in synthetic
+                dataset (make quickstart EXPERIMENT=diversity_attention:synthetic). Measured:
+                easy preset, seed 0, torchreid protocol: rank-1 32.5, rank-5 67.5, mAP 44.2
+                (450 steps).
 """
 
 from tfreid import config as cfg
@@ -147,6 +150,7 @@ def _frozen_stage(c: cfg.ExperimentConfig, temporal: str) -> cfg.ExperimentConfi
   c.model.diversity_attention.temporal = temporal
   c.model.backbone.init = "none"  # the backbone comes from trainer.init_checkpoint
   c.trainer.freeze = list(FROZEN_BACKBONE)
+  c.model.diversity_attention.requires_init_checkpoint = True
   _stage_schedule(c, 50, 0.1)
   return c
 
@@ -200,6 +204,7 @@ def get_config(variant: str = "") -> cfg.ExperimentConfig:
       # Fine-tuned per split from a MARS run (trainer.init_checkpoint); closed-set 10-split
       # protocol (tfreid.splits).
       c.model.backbone.init = "none"
+      section.requires_init_checkpoint = True
   elif variant == "synthetic":
     c = synthetic_config(c)
   return c

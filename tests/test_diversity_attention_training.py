@@ -61,7 +61,8 @@ def _oim_table(trainer):
 def test_two_replicas_equal_one_with_xla(data, tmp_path):
   """The temporal stage (frozen backbone: BatchNorm in inference mode, so the step does not
   depend on how the batch is split): OIM + diversity, 3 steps, XLA on."""
-  overrides = ["runtime.jit_compile=true"]
+  overrides = ["runtime.jit_compile=true",
+               "model.diversity_attention.requires_init_checkpoint=false"]
   one, v1 = _train(tiny(data, "temporal", *overrides), tmp_path / "one", first_cpu_strategy())
   two, v2 = _train(tiny(data, "temporal", *overrides), tmp_path / "two", two_cpu_strategy())
   assert v1["diversity"] == pytest.approx(v2["diversity"], rel=1e-5)
@@ -75,7 +76,9 @@ def test_two_replicas_equal_one_with_xla(data, tmp_path):
 
 def test_resumed_run_equals_straight_run_oim_table_included(data, tmp_path):
   straight, values = _train(tiny(data, "synthetic", "trainer.epochs=2"), tmp_path / "straight")
-  assert {"oim", "diversity", "l2"} <= set(values)
+  assert {"oim", "diversity", "l2", "metrics/spatial_attention_peak",
+          "metrics/temporal_attention_peak"} <= set(values)
+  assert 1 / 2 <= values["metrics/spatial_attention_peak"] <= 1  # L = 2 cells here
   _train(tiny(data, "synthetic", "trainer.epochs=1"), tmp_path / "resumed")
   resumed, _ = _train(tiny(data, "synthetic", "trainer.epochs=2"), tmp_path / "resumed")
   assert int(resumed.global_step.numpy()) == 6
@@ -211,6 +214,9 @@ def test_config_checks_name_the_key(data):
     tiny(data, "synthetic", "losses.diversity.variant=kl")
   with pytest.raises(cfg.ConfigError, match="num_part.*Did you mean 'num_parts'"):
     tiny(data, "synthetic", "model.diversity_attention.num_part=3")
+  for variant in ("spatial", "temporal", "k4", "maxpool", "ilidsvid"):
+    with pytest.raises(cfg.ConfigError, match="trainer.init_checkpoint=DIR"):
+      tiny(data, variant)
   for variant in experiment.VARIANTS:
     c = experiment.get_config(variant)
     assert c.data.train_sampler == "restricted_random" and c.data.test_sampler == "chunk_first"

@@ -82,6 +82,9 @@ class DiversityAttentionConfig:
   embedding_dim: int = 128
   # An identity classifier on the embedding (`logits`, for a softmax loss); the paper: none.
   classifier: bool = False
+  # Stop unless trainer.init_checkpoint names the previous stage's run (the staged variants:
+  # a frozen backbone must come from a trained run).
+  requires_init_checkpoint: bool = False
 
   def validate(self) -> None:
     key = "model.diversity_attention"
@@ -206,6 +209,19 @@ class DiversityAttention(ConfigKeysMixin, keras.Model):
           self.identity_classifier(ops.cast(embedding, self.compute_dtype)), "float32")
     return outputs
 
+  def summary_scalars(self, outputs, batch):
+    """TensorBoard `metrics/*`: how peaked the receptive fields (the largest cell weight,
+    1/L when uniform, 1 on one cell) and the temporal weights are, averaged."""
+    del batch
+    scalars = {}
+    if "attention_spatial" in outputs:
+      maps = outputs["attention_spatial"]
+      scalars["spatial_attention_peak"] = ops.max(ops.reshape(
+          maps, tuple(maps.shape[:3]) + (-1,)), axis=-1)
+    if "attention_temporal" in outputs:
+      scalars["temporal_attention_peak"] = ops.max(outputs["attention_temporal"], axis=-1)
+    return scalars
+
 
 def l2_normalize(x, epsilon: float = 1e-12):
   """x / max(||x||, epsilon) over the last axis (section 4.2's L2-normalised embedding)."""
@@ -215,9 +231,10 @@ def l2_normalize(x, epsilon: float = 1e-12):
 
 def model_kwargs(config) -> dict:
   """:class:`DiversityAttention` arguments (but num_classes) from an ExperimentConfig."""
-  section = config.model.diversity_attention
+  section = dataclasses.asdict(config.model.diversity_attention)
+  del section["requires_init_checkpoint"]  # a training check, not a model argument
   return {**resnet2d.resnet2d_kwargs(config.model.backbone),
-          "num_frames": config.data.seq_len, **dataclasses.asdict(section)}
+          "num_frames": config.data.seq_len, **section}
 
 
 def validate_config(config) -> None:
@@ -231,6 +248,13 @@ def validate_config(config) -> None:
                       "the paper's conv1..res5c gives an 8 x 4 grid for 256 x 128 frames "
                       "(section 3.2); last_stride=1 would give 16 x 8.")
   section = config.model.diversity_attention
+  if section.requires_init_checkpoint and not config.trainer.init_checkpoint:
+    raise ConfigError(
+        f"experiment {config.experiment or 'diversity_attention'} continues a previous "
+        "training stage (section 4.2): pass its run with --override=trainer.init_checkpoint="
+        "DIR (experiments/diversity_attention.py lists the chain), or train it from the "
+        "backbone's own initialisation with "
+        "--override=model.diversity_attention.requires_init_checkpoint=false.")
   if section.num_parts > 0 and section.enhancement and config.data.test_seq_len not in (
       0, config.data.seq_len):
     raise ConfigError(
