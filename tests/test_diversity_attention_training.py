@@ -216,7 +216,7 @@ def test_config_checks_name_the_key(data):
     tiny(data, "synthetic", "model.diversity_attention.num_part=3")
   for variant in ("spatial", "temporal", "k4", "maxpool", "ilidsvid"):
     with pytest.raises(cfg.ConfigError, match="trainer.init_checkpoint=DIR"):
-      tiny(data, variant)
+      build_model(tiny(data, variant), num_classes=3)
   for variant in experiment.VARIANTS:
     c = experiment.get_config(variant)
     assert c.data.train_sampler == "restricted_random" and c.data.test_sampler == "chunk_first"

@@ -248,13 +248,6 @@ def validate_config(config) -> None:
                       "the paper's conv1..res5c gives an 8 x 4 grid for 256 x 128 frames "
                       "(section 3.2); last_stride=1 would give 16 x 8.")
   section = config.model.diversity_attention
-  if section.requires_init_checkpoint and not config.trainer.init_checkpoint:
-    raise ConfigError(
-        f"experiment {config.experiment or 'diversity_attention'} continues a previous "
-        "training stage (section 4.2): pass its run with --override=trainer.init_checkpoint="
-        "DIR (experiments/diversity_attention.py lists the chain), or train it from the "
-        "backbone's own initialisation with "
-        "--override=model.diversity_attention.requires_init_checkpoint=false.")
   if section.num_parts > 0 and section.enhancement and config.data.test_seq_len not in (
       0, config.data.seq_len):
     raise ConfigError(
@@ -267,6 +260,16 @@ def validate_config(config) -> None:
 def build(config, num_classes: int) -> DiversityAttention:
   """The model of `config`, its backbone initialised per model.backbone.init."""
   validate_config(config)
+  if (config.model.diversity_attention.requires_init_checkpoint
+      and not config.trainer.init_checkpoint):
+    # Checked when the model is built (training), not in validate_config: every variant's
+    # config must validate on its own (e.g. to be listed and inspected).
+    raise ConfigError(
+        f"experiment {config.experiment or 'diversity_attention'} continues a previous "
+        "training stage (section 4.2): pass its run with --override=trainer.init_checkpoint="
+        "DIR (experiments/diversity_attention.py lists the chain), or train it from the "
+        "backbone's own initialisation with "
+        "--override=model.diversity_attention.requires_init_checkpoint=false.")
   backbone = config.model.backbone
   model = DiversityAttention(num_classes, **model_kwargs(config))
   weights.initialize_backbone(model.backbone, backbone.init, backbone.weights_path, video=False)
