@@ -161,14 +161,27 @@ class AttentiveConvGRUStack(keras.layers.Layer):
     self.use_bias = bool(use_bias)
     self.init_range = float(init_range)
     self.seed = seed
-    self.cells = [ConvGRUCell(c, k, r, use_bias=use_bias, init_range=init_range,
-                              name=f"conv_gru_{i + 1}")
-                  for i, (c, k, r) in enumerate(zip(self.channels, self.kernel_sizes,
-                                                    self.recurrent_kernel_sizes))]
-    # Eq. 7's f_init, one affine map per layer (module docstring).
-    self.init_maps = [keras.layers.Dense(c, activation="tanh", name=f"init_state_{i + 1}")
-                      for i, c in enumerate(self.channels)]
+    # One attribute per sublayer (not a list): a checkpoint of the model alone (export,
+    # evaluation) finds them by attribute path.
+    for i, (c, k, r) in enumerate(zip(self.channels, self.kernel_sizes,
+                                      self.recurrent_kernel_sizes)):
+      setattr(self, f"conv_gru_{i + 1}", ConvGRUCell(c, k, r, use_bias=use_bias,
+                                                     init_range=init_range,
+                                                     name=f"conv_gru_{i + 1}"))
+      # Eq. 7's f_init, one affine map per layer (module docstring).
+      setattr(self, f"init_state_{i + 1}",
+              keras.layers.Dense(c, activation="tanh", name=f"init_state_{i + 1}"))
     self.seed_generator = keras.random.SeedGenerator(seed)
+
+  @property
+  def cells(self) -> list:
+    """The ConvGRU layers, bottom to top."""
+    return [getattr(self, f"conv_gru_{i + 1}") for i in range(len(self.channels))]
+
+  @property
+  def init_maps(self) -> list:
+    """Eq. 7's f_init of each layer."""
+    return [getattr(self, f"init_state_{i + 1}") for i in range(len(self.channels))]
 
   def build(self, input_shape):
     if len(input_shape) != 5 or None in tuple(input_shape[2:]):
