@@ -129,8 +129,11 @@ def test_googlenet_weights_round_trip_through_npz_and_caffe_tensorflow_npy(tmp_p
   wider = googlenet.googlenet(width=0.125, name="wider")
   with pytest.raises(ValueError, match="width other than 1"):
     googlenet.load_googlenet_weights(wider, npz)
+  (tmp_path / "weights.h5").write_bytes(b"")
   with pytest.raises(ValueError, match=".npz"):
     googlenet.load_googlenet_weights(wider, str(tmp_path / "weights.h5"))
+  with pytest.raises(ValueError, match="does not exist.*model.backbone.init=none"):
+    googlenet.load_googlenet_weights(wider, str(tmp_path / "missing.npz"))
 
 
 def test_model_build_loads_googlenet_weights_from_the_configured_file(tmp_path):

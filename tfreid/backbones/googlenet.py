@@ -33,6 +33,8 @@ scale (``ClipNormalization("caffe")``).
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -137,6 +139,12 @@ def googlenet(width: float = 1.0, last_endpoint: str = "inception_5b",
 def read_googlenet_weights(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{layer: (kernel, bias)} from a weights file in one of the formats of the module
   docstring."""
+  if not os.path.exists(path):
+    raise ValueError(f"GoogLeNet weights file {path!r} does not exist: convert the ImageNet "
+                     "GoogLeNet (bvlc_googlenet) to a .npz with arrays '<layer>/weights' "
+                     "([kh, kw, in, out]) and '<layer>/biases', or use caffe-tensorflow's "
+                     ".npy, and set model.backbone.weights_path; or train from scratch with "
+                     "model.backbone.init=none.")
   if path.endswith(".npz"):
     with np.load(path) as f:
       names = sorted({k.rsplit("/", 1)[0] for k in f.files})
