@@ -446,7 +446,8 @@ class TrainerConfig:
   # Write sample input clips and attention maps to TensorBoard every N steps (0: never).
   image_summary_every_steps: int = 500
   # Layers to freeze (staged training): glob patterns over Keras layer paths, e.g.
-  # "*/resnet2d/*". A frozen layer's variables are not trained and a frozen BatchNorm runs
+  # "resnet2d" (a functional backbone: every layer in it). A frozen layer's variables are
+  # not trained and a frozen BatchNorm runs
   # in inference mode (its moving statistics do not change).
   freeze: list[str] = dataclasses.field(default_factory=list)
 
