@@ -116,25 +116,35 @@ class InceptionModule(keras.layers.Layer):
     one, reduce3, three, reduce_d, double, pool, proj, stride = INCEPTION_SPECS[module]
     w = lambda c: _width(c, width_divisor)
     prefix = f"inception_{module}/"
-    self.branches = []
+    # Every ConvBN is a named attribute (checkpoints track attributes; nested lists of
+    # layers are not tracked); `_branches` lists their names per branch.
+    branches = []
     if one:
-      self.branches.append([ConvBN(w(one), 1, caffe_name=prefix + "1x1", name="b1x1")])
-    self.branches.append([
-        ConvBN(w(reduce3), 1, caffe_name=prefix + "3x3_reduce", name="b3x3_reduce"),
-        ConvBN(w(three), 3, stride, caffe_name=prefix + "3x3", name="b3x3")])
-    self.branches.append([
-        ConvBN(w(reduce_d), 1, caffe_name=prefix + "double_3x3_reduce", name="bd_reduce"),
-        ConvBN(w(double), 3, caffe_name=prefix + "double_3x3_1", name="bd_1"),
-        ConvBN(w(double), 3, stride, caffe_name=prefix + "double_3x3_2", name="bd_2")])
+      branches.append([("b1x1", w(one), 1, 1, "1x1")])
+    branches.append([("b3x3_reduce", w(reduce3), 1, 1, "3x3_reduce"),
+                     ("b3x3", w(three), 3, stride, "3x3")])
+    branches.append([("bd_reduce", w(reduce_d), 1, 1, "double_3x3_reduce"),
+                     ("bd_1", w(double), 3, 1, "double_3x3_1"),
+                     ("bd_2", w(double), 3, stride, "double_3x3_2")])
+    self._branches = []
+    for branch in branches:
+      names = []
+      for attr, filters, kernel, strides, caffe in branch:
+        setattr(self, attr, ConvBN(filters, kernel, strides, caffe_name=prefix + caffe,
+                                   name=attr))
+        names.append(attr)
+      self._branches.append(tuple(names))
+    self._branches = tuple(self._branches)
     pool_cls = keras.layers.AveragePooling2D if pool == "avg" else keras.layers.MaxPooling2D
     self.pool = pool_cls(3, strides=stride, padding="same", name="pool")
     self.pool_proj = (ConvBN(w(proj), 1, caffe_name=prefix + "pool_proj", name="pool_proj")
                       if proj else None)
 
   def build(self, input_shape):
-    for branch in self.branches:
+    for branch in self._branches:
       shape = input_shape
-      for layer in branch:
+      for attr in branch:
+        layer = getattr(self, attr)
         layer.build(shape)
         shape = layer.compute_output_shape(shape)
     if self.pool_proj is not None:
@@ -143,10 +153,10 @@ class InceptionModule(keras.layers.Layer):
 
   def call(self, x, training=None):
     outs = []
-    for branch in self.branches:
+    for branch in self._branches:
       y = x
-      for layer in branch:
-        y = layer(y, training=training)
+      for attr in branch:
+        y = getattr(self, attr)(y, training=training)
       outs.append(y)
     pooled = self.pool(x)
     outs.append(self.pool_proj(pooled, training=training) if self.pool_proj is not None

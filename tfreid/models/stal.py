@@ -192,14 +192,15 @@ class Stal(ConfigKeysMixin, keras.Model):
                               if global_embedding_dim != pooled_channels else None)
     self.classifier_dropout = keras.layers.Dropout(dropout, name="dropout")
     self.classifier = keras.layers.Dense(num_classes, name="classifier")
-    self.part_nets = []
-    self.part_classifiers = []
+    # One attribute per part network and classifier: checkpoints track attributes, not
+    # lists of layers (`part_nets`, `part_classifiers` are views).
     for name in PART_NAMES:
-      self.part_nets.append(keras.Sequential(
+      setattr(self, f"part_{name}", keras.Sequential(
           [bn_inception.modules("4c", "4e", d, name="inception"),
            keras.layers.Flatten(name="flatten"),
            keras.layers.Dense(local_embedding_dim, name="fc_part")], name=f"part_{name}"))
-      self.part_classifiers.append(keras.layers.Dense(num_classes, name=f"classifier_{name}"))
+      setattr(self, f"classifier_{name}",
+              keras.layers.Dense(num_classes, name=f"classifier_{name}"))
     self.stan = SpatialTemporalAttention(NUM_PARTS, bn_inception._width(attention_channels, d),  # pylint: disable=protected-access
                                          name="stan")
     # Every variable exists after construction (count_params, weight loading, optimizer).
@@ -221,6 +222,16 @@ class Stal(ConfigKeysMixin, keras.Model):
       head.build((None, local_embedding_dim))
     self.stan.build((None, None, None, None, low_channels))
     self.built = True
+
+  @property
+  def part_nets(self) -> list:
+    """The six part networks (4c_part, 4d_part, 4e_part, fc_part), in PART_NAMES order."""
+    return [getattr(self, f"part_{name}") for name in PART_NAMES]
+
+  @property
+  def part_classifiers(self) -> list:
+    """W^r of eq. 6, in PART_NAMES order."""
+    return [getattr(self, f"classifier_{name}") for name in PART_NAMES]
 
   # ------------------------------------------------------------------- forward
 
