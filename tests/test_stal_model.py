@@ -14,6 +14,7 @@ from experiments import stal as stal_experiment
 from tfreid import config as cfg
 from tfreid.layers import stal_attention as sa
 from tfreid.models import build_model, contract, stal
+from tfreid.training import trainer as trainer_lib
 
 TINY = dict(width_divisor=16, global_embedding_dim=12, local_embedding_dim=6,
             attention_channels=64, pool_size=4)
@@ -188,6 +189,9 @@ def test_attention_boxes_draw_each_part_with_its_score():
         inside = [s[0, t, r] for r in range(6) if boxes[0, t, r, 0] <= x <= boxes[0, t, r, 2]
                   and boxes[0, t, r, 1] <= y <= boxes[0, t, r, 3]]
         assert drawn[0, t, y, x] == pytest.approx(max(inside, default=0.0))
+  # TensorBoard draws both attention outputs: one image per frame, one T x R map per clip.
+  assert tuple(trainer_lib.attention_images(out["attention_boxes"]).shape) == (2, 16, 8, 1)
+  assert tuple(trainer_lib.attention_images(out["attention_scores"]).shape) == (1, 2, 6, 1)
 
 
 def test_variants_build_and_validate():
