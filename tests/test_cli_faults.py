@@ -182,3 +182,16 @@ def test_corrupt_training_record_ends_train_with_one_message(trained, tmp_path):
   assert "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "error: Corrupt or unreadable record in shard ")
+
+
+def test_resuming_a_run_directory_with_another_architecture_says_what_to_do(trained,
+                                                                            tmp_path):
+  model_dir = tmp_path / "run"
+  shutil.copytree(trained["model_dir"], model_dir)
+  other = tiny_config(trained["data"], "trainer.epochs=2", "runtime.jit_compile=false",
+                      "model.head.embedding_dim=12")
+  with pytest.raises(checkpoints.ResumeError,
+                     match=r"holds checkpoints of another model .* resume it with "
+                           r"--config_file=.*config.yaml, or train this configuration into "
+                           r"another --model_dir"):
+    trainer_lib.Trainer(other, str(model_dir), strategy=first_cpu_strategy())

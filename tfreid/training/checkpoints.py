@@ -44,6 +44,10 @@ def checkpoint_selection(checkpoint: str) -> str:
   return SELECTION_GIVEN
 
 
+class ResumeError(ValueError):
+  """The run directory's checkpoints do not fit the model being trained."""
+
+
 class CheckpointKeeper:
   """The newest `keep` checkpoints in `model_dir`, plus the best by mAP in `model_dir/best`.
 
@@ -87,7 +91,14 @@ class CheckpointKeeper:
     """Restores the newest checkpoint in model_dir; returns its path or None."""
     path = tf.train.latest_checkpoint(self.model_dir)
     if path:
-      self.checkpoint.restore(path).expect_partial()
+      try:
+        self.checkpoint.restore(path).expect_partial()
+      except (ValueError, AssertionError) as e:
+        raise ResumeError(
+            f"{self.model_dir} holds checkpoints of another model ({path}: "
+            f"{str(e).splitlines()[0][:200]}). A run directory resumes only the configuration "
+            f"that wrote it: resume it with --config_file={os.path.join(self.model_dir, 'config.yaml')}"
+            ", or train this configuration into another --model_dir.") from None
       logging.info("Resumed from %s", path)
     return path
 
