@@ -49,17 +49,6 @@ def decode_flow_png(data: bytes, scale: float) -> np.ndarray:
   return dequantize(np.dstack([bgr[..., 2], bgr[..., 1]]), scale)
 
 
-def _resize_flow(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-  """Resizes a flow field to `shape` (H, W), scaling dx and dy with the width and height."""
-  h, w = flow.shape[:2]
-  if (h, w) == tuple(shape):
-    return flow
-  out = cv2.resize(flow, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-  out[..., 0] *= shape[1] / w
-  out[..., 1] *= shape[0] / h
-  return out
-
-
 def tracklet_flow(grays: Sequence[np.ndarray], computer: FlowComputer, scale: float
                   ) -> tuple[list[bytes], int, int]:
   """Flow PNGs for a tracklet's gray frames, one per frame (A3D section III-A padding,
