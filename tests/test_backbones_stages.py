@@ -6,6 +6,8 @@ import pytest
 
 from tfreid.backbones import resnet2d, resnet3d, weights
 
+import weights_fixtures
+
 TINY = dict(block_counts=(1, 2, 1, 1), base_width=4)
 
 
@@ -118,17 +120,7 @@ def test_composed_pieces_equal_the_full_network(video, cut):
 @pytest.fixture(scope="module")
 def resnet50_file(tmp_path_factory):
   """keras.applications.ResNet50 (no top) with random kernels, biases and BN statistics."""
-  keras.utils.set_random_seed(8)
-  model = keras.applications.ResNet50(weights=None, include_top=False)
-  rng = np.random.default_rng(8)
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.Conv2D):
-      kernel, bias = layer.get_weights()
-      layer.set_weights([kernel, rng.normal(0.0, 0.1, bias.shape).astype("float32")])
-    elif isinstance(layer, keras.layers.BatchNormalization):
-      n = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0.0, 0.1, n),
-                         rng.normal(0.0, 0.1, n), rng.uniform(0.5, 1.5, n)])
+  model = weights_fixtures.random_resnet50(8)
   path = str(tmp_path_factory.mktemp("resnet50") / "resnet50.weights.h5")
   model.save_weights(path)
   arrays = {layer.name: [np.asarray(w) for w in layer.get_weights()]

@@ -12,6 +12,8 @@ from experiments import temporal_pooling as temporal_pooling_experiment
 from tfreid.backbones import resnet2d, resnet3d, weights
 from tfreid.models import nonlocal_i3d, temporal_pooling
 
+import weights_fixtures
+
 
 @pytest.fixture(scope="module")
 def keras_resnet50(tmp_path_factory):
@@ -20,17 +22,7 @@ def keras_resnet50(tmp_path_factory):
   Convolution biases and BN statistics are random too (the library initialisers make them 0
   and 1), so folding biases into the BN moving means is exercised.
   """
-  keras.utils.set_random_seed(0)
-  model = keras.applications.ResNet50(weights=None, include_top=False)
-  rng = np.random.default_rng(0)
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.Conv2D):
-      kernel, bias = layer.get_weights()
-      layer.set_weights([kernel, rng.normal(0.0, 0.1, bias.shape).astype("float32")])
-    elif isinstance(layer, keras.layers.BatchNormalization):
-      n = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0.0, 0.1, n),
-                         rng.normal(0.0, 0.1, n), rng.uniform(0.5, 1.5, n)])
+  model = weights_fixtures.random_resnet50(0)
   folder = tmp_path_factory.mktemp("resnet50")
   keras3_file = str(folder / "resnet50.weights.h5")
   keras2_file = str(folder / "resnet50.h5")
