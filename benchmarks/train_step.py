@@ -14,7 +14,9 @@ Any size in between through overrides, e.g. `--override=data.seq_len=4
 --override=data.height=128 --override=data.width=64`; mixed precision with
 `--override=runtime.mixed_precision=mixed_bfloat16`; one compile mode with `--modes=xla`.
 
-Feeds random uint8 clips of the experiment's shape (no input pipeline: this measures the
+Feeds a random batch of every stream the model reads (`tfreid.data.streams.random_inputs`:
+frames, and flow or keypoints when the model declares them), of the experiment's shape (no
+input pipeline: this measures the
 model, losses and optimizer in the trainer's own step, on the trainer's strategy: every local
 GPU, else one CPU), times `--steps` steps per mode after `--warmup` untimed ones (tracing and
 compilation), prints one line per mode and, as the last line, one JSON object.
@@ -47,6 +49,7 @@ def measure(config, jit: bool) -> dict:
   """Times the trainer's step with `runtime.jit_compile=jit`."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tfreid.data import streams as streams_lib  # pylint: disable=import-outside-toplevel
   from tfreid.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
   config.runtime.jit_compile = jit
@@ -55,11 +58,10 @@ def measure(config, jit: bool) -> dict:
   with tempfile.TemporaryDirectory() as model_dir:
     trainer = trainer_lib.Trainer(config, model_dir, num_classes=FLAGS.num_classes,
                                   steps_per_epoch=1000)
-    rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(d.num_identities), d.num_instances).astype(np.int32)
-    element = {
-        "clips": rng.integers(0, 256, (batch, d.seq_len, d.height, d.width, 3), np.uint8),
-        "labels": labels, "pids": labels, "camids": np.zeros(batch, np.int32)}
+    element = streams_lib.random_inputs(trainer.streams, d, batch)
+    # Two cameras alternating, so cross-camera pair samplers find pairs.
+    element.update(labels=labels, pids=labels, camids=np.arange(batch, dtype=np.int32) % 2)
     dataset = tf.data.Dataset.from_tensors(element).repeat()
     iterator = iter(trainer.strategy.experimental_distribute_dataset(
         dataset.unbatch().batch(batch)))

@@ -79,6 +79,28 @@ def dummy_inputs(streams, data, batch: int = 1) -> dict:
           for name in check_names(streams)}
 
 
+def random_inputs(streams, data, batch: int, seed: int = 0) -> dict:
+  """A random NumPy batch of `streams` with the pipeline's shapes and value ranges, for
+  timing a model without data: frames uniform 0..255, flow uniform in [-2, 2] pixels,
+  keypoints uniform over the frame with every joint visible."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name in check_names(streams):
+    shape = [batch] + STREAMS[name].clip_shape(data.seq_len, data.height, data.width)
+    if name == "clips":
+      out[name] = rng.integers(0, 256, shape, np.uint8)
+    elif name == "flow":
+      out[name] = rng.uniform(-2.0, 2.0, shape).astype(np.float32)
+    else:
+      joints = rng.uniform(0.0, 1.0, shape).astype(np.float32)
+      joints[..., 0] *= data.width - 1
+      joints[..., 1] *= data.height - 1
+      joints[..., 2] = 1.0
+      out[name] = joints
+  return out
+
+
 def model_inputs(batch: dict, streams) -> dict:
   """The part of a pipeline batch the model reads."""
   return {name: batch[name] for name in streams}
