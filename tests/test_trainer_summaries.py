@@ -119,21 +119,31 @@ def test_input_clips_of_the_step_are_written_as_images(run):
         np.testing.assert_array_equal(image, expected[step][i, frame])
 
 
-def test_attention_outputs_are_written_as_images(run):
+def test_attention_is_drawn_on_the_frames_of_the_step(run):
+  """Per clip: its frames with the spatial heat map under them ([B, T, h, w]), and its
+  frames with a bar per temporal weight ([B, T]) (tfreid.visualize)."""
   config, _, _, events = run
-  t = config.data.seq_len
-  h, w = (config.data.height - 3) // 2 + 1, (config.data.width - 3) // 2 + 1
+  d = config.data
+  t, h, w = d.seq_len, d.height, d.width
+  batches = [b["clips"].numpy() for b in
+             data_pipeline.make_train_dataset(config, seed=config.runtime.seed).take(4)]
+  expected = {2: batches[1], 4: batches[3]}
   spatial = events["attention/attention_spatial"]
-  assert [s for s, _ in spatial] == [2, 4]
-  for _, images in spatial:
-    assert len(images) == 2 * t  # 2 clips x T frames
-    for image in images:
-      assert image.shape == (h, w, 1)
-      assert image.min() == 0 and image.max() == 255  # each map scaled to its own range
   temporal = events["attention/attention_temporal"]
-  assert [s for s, _ in temporal] == [2, 4]
-  for _, images in temporal:
-    assert len(images) == 1 and images[0].shape == (2, t, 1)
+  assert [s for s, _ in spatial] == [s for s, _ in temporal] == [2, 4]
+  for (step, images), (_, bars) in zip(spatial, temporal):
+    assert len(images) == len(bars) == 2  # one picture per clip
+    for i, (image, bar) in enumerate(zip(images, bars)):
+      assert image.shape == (2 * h + 1, t * w + t - 1, 3)
+      assert bar.shape == (h + 4, t * w + t - 1, 3)
+      for frame in range(t):
+        left = frame * (w + 1)
+        np.testing.assert_array_equal(image[:h, left:left + w], expected[step][i, frame])
+        np.testing.assert_array_equal(bar[:h, left:left + w], expected[step][i, frame])
+      # Some frame's bar fills its width (the largest weight); a bar is white or black.
+      rows = bar[h:h + 4]
+      assert set(np.unique(rows)) <= {0, 255}
+      assert any((rows[:, f * (w + 1):f * (w + 1) + w] == 255).all() for f in range(t))
 
 
 def test_attention_images_scale_each_map_to_its_range():

@@ -23,6 +23,7 @@ import tensorflow as tf
 import keras
 
 from tfreid import config as cfg
+from tfreid import visualize
 from tfreid.data import pipeline as data_pipeline
 from tfreid.data import reader as data_reader
 from tfreid.data import streams as streams_lib
@@ -150,6 +151,10 @@ class Trainer:
     self.initialized_from = None
     if init_checkpoint:
       ckpt_lib.restore_model_weights(self.model, init_checkpoint)
+      # Loss-term state (OIM's lookup table) of a run on the same training data: a staged
+      # schedule carries it from stage to stage.
+      ckpt_lib.restore_loss_state(stateful, init_checkpoint, config.data.data_dir,
+                                  config.data.split)
       self.initialized_from = init_checkpoint
 
     self._train_step = tf.function(self._distributed_step)
@@ -266,8 +271,8 @@ class Trainer:
     `loss/total` and `loss/<term>` for every loss term (and `loss/l2`), `learning_rate`
     (the schedule's rate at that step, the one the next update uses) and `clips_per_second`
     (since the previous log). Every `trainer.image_summary_every_steps` steps: the first two
-    clips of the step's batch (`input/clip_<i>`, one image per frame) and every model output
-    whose name starts with `attention` (`attention/<name>`, see `attention_images`).
+    clips of the step's batch (`input/clip_<i>`, one image per frame) and the model's
+    attention drawn on those frames (`attention/<name>`, see `tfreid.visualize`).
     """
     config = self.config
     writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train")) \
@@ -385,18 +390,24 @@ class Trainer:
 
   def _write_images(self, writer, step: int, batch: dict) -> None:
     """The first two clips of this worker's first replica batch and, when the model returns
-    them for those clips, its attention maps (inference mode)."""
+    them for those clips, its attention drawn over their frames (`tfreid.visualize`:
+    the model's `attention_overlays` hook or the default heat maps and weight bars;
+    inference mode)."""
     if not self.chief:
       return
     first = lambda v: self.strategy.experimental_local_results(v)[0][:2]
     sample = {k: first(batch[k]) for k in self.streams}
     clips = sample["clips"]
     outputs = self.model(sample, training=False)
+    overlays = visualize.attention_overlays(self.model, sample, outputs)
     with writer.as_default(step=step):
       for i in range(int(clips.shape[0])):
         tf.summary.image(f"input/clip_{i}", clips[i], max_outputs=int(clips.shape[1]))
+      for key, images in overlays.items():
+        tf.summary.image(f"attention/{key}", images, max_outputs=int(images.shape[0]))
       for key, value in outputs.items():
-        if key.startswith("attention"):
+        # Attention of a shape the overlays do not know: the bare maps.
+        if key.startswith("attention") and key not in overlays:
           images = attention_images(value)
           if images is not None:
             tf.summary.image(f"attention/{key}", images, max_outputs=8)
