@@ -35,8 +35,10 @@ learning rate 0.1 then 0.01.
 
 Library choices (the paper does not give them):
 - OIM scale 30 (1/temperature) and momentum 0.5 (open-reid's defaults for OIM); the lookup
-  table is checkpointed with the run and restarts from zero at each stage
-  (`trainer.init_checkpoint` restores model weights only).
+  table is checkpointed with the run and carried from stage to stage: `trainer.init_checkpoint`
+  restores it when the source run trained on the same data_dir and split (its config.yaml)
+  with as many identities. Fine-tuning on another dataset (ilidsvid, prid2011 from a MARS
+  run) starts from a zero table, with a warning in the log.
 - Diversity weight 1 (the paper: "multiplied by a coefficient").
 - PK batches of 16 identities x 2 tracklets = 32 clips; clip-consistent flip and random crop
   from frames enlarged by 1/8.

@@ -1,6 +1,7 @@
 """diversity_attention in the trainer, on tiny shapes: 2 replicas equal 1 with XLA (OIM table
 included), a resumed run equals a straight one, the staged chain (baseline -> frozen spatial
-stage) restores and freezes the backbone, mixed_bfloat16 trains, and the export equals the
+stage) restores and freezes the backbone and carries the OIM table (not to another
+dataset), mixed_bfloat16 trains, and the export equals the
 evaluation features. Plus the full-size model: its parameter count against the breakdown in
 the model's docstring, ImageNet ResNet-50 weights loaded from a file the test writes, and one
 6 x 256 x 128 clip forward."""
@@ -99,6 +100,9 @@ def test_staged_chain_restores_then_freezes_the_backbone(data, tmp_path):
   spatial = trainer_lib.Trainer(spatial_config, str(tmp_path / "spatial"),
                                 strategy=first_cpu_strategy())
   assert spatial.frozen == ["resnet2d"]
+  # The OIM lookup table of stage (b) carries over (same data, same identities).
+  assert np.abs(_oim_table(base)).sum() > 0
+  np.testing.assert_array_equal(_oim_table(spatial), _oim_table(base))
   backbone_before = [v.numpy().copy() for v in spatial.model.backbone.variables]
   for ours, theirs in zip(backbone_before, base.model.backbone.variables):
     np.testing.assert_array_equal(ours, theirs.numpy())  # restored from stage (b)
@@ -113,6 +117,50 @@ def test_staged_chain_restores_then_freezes_the_backbone(data, tmp_path):
              zip(attention_before, spatial.model.spatial_attention.variables))
   # The embedding FC of the baseline (D -> E) does not fit K * D -> E: not restored.
   assert spatial.model.embed.kernel.shape[0] == 2 * base.model.embed.kernel.shape[0]
+
+
+def test_init_checkpoint_oim_table_only_for_the_same_identities(data, tmp_path, caplog):
+  """trainer.init_checkpoint restores the OIM table when the source run trained on the same
+  data_dir and split (its config.yaml says so) and the shapes match; fine-tuning on another
+  dataset (another identity count, or the same count in another data_dir) starts from a
+  zero table with a warning, and trains."""
+  source_dir = tmp_path / "source"
+  source, _ = _train(tiny(data, "synthetic", "trainer.steps_per_epoch=1"), source_dir)
+  table = _oim_table(source)
+  assert table.shape == (6, 8) and np.abs(table).sum() > 0
+
+  def initialised(data_dir, *overrides):
+    keras.utils.set_random_seed(0)
+    config = tiny(data_dir, "synthetic", f"trainer.init_checkpoint={source_dir}", *overrides)
+    return trainer_lib.Trainer(config, str(tmp_path / f"run{len(list(tmp_path.iterdir()))}"),
+                               strategy=first_cpu_strategy())
+
+  # No config.yaml beside the checkpoint: the shapes decide.
+  np.testing.assert_array_equal(_oim_table(initialised(data)), table)
+  other_count = str(tmp_path / "other_count")
+  data_fixtures.write_tiny_dataset(other_count, num_ids=4, tracklets_per_id=2,
+                                   num_frames=(3, 9), height=32, width=16, seed=2)
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    finetuned = initialised(other_count)
+  assert "checkpoint shape [6, 8], this run's shape [4, 8]" in caplog.text
+  np.testing.assert_array_equal(_oim_table(finetuned), np.zeros((4, 8), np.float32))
+  values = finetuned.train()
+  assert np.isfinite(values["oim"]) and np.abs(_oim_table(finetuned)).sum() > 0
+
+  # With the source run's config.yaml: the same data_dir and split restores, another
+  # data_dir with as many identities does not (its labels name other people).
+  cfg.save_config(source.config, str(source_dir / "config.yaml"))
+  np.testing.assert_array_equal(_oim_table(initialised(data)), table)
+  same_count = str(tmp_path / "same_count")
+  data_fixtures.write_tiny_dataset(same_count, num_ids=6, tracklets_per_id=2,
+                                   num_frames=(3, 9), height=32, width=16, seed=3)
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    other = initialised(same_count)
+  assert "Not restoring the loss-term state (oim)" in caplog.text
+  assert "its rows belong to other identities" in caplog.text
+  np.testing.assert_array_equal(_oim_table(other), np.zeros((6, 8), np.float32))
 
 
 def test_mixed_bfloat16_trains(data, tmp_path, float32_policy):

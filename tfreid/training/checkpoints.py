@@ -14,6 +14,7 @@ import re
 from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
+import yaml
 
 BEST_DIR = "best"
 BEST_FILE = "best_metrics.json"
@@ -213,12 +214,13 @@ def resolve_init_checkpoint(init_checkpoint: str) -> str:
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
-def _object_paths(model) -> dict[int, tuple[str, ...]]:
-  """id(variable) -> attribute path from a checkpoint root holding the model as "model"."""
+def _object_paths(children: dict, variables) -> dict[int, tuple[str, ...]]:
+  """id(variable) -> attribute path from a checkpoint root holding `children` (e.g.
+  {"model": model})."""
   # Keras 3 variables are trackable children themselves (not tf.Variable instances):
   # match them by identity with model.variables.
-  wanted = {id(v) for v in model.variables}
-  root = tf.train.Checkpoint(model=model)
+  wanted = {id(v) for v in variables}
+  root = tf.train.Checkpoint(**children)
   view = tf.train.TrackableView(root)
   paths, seen, queue = {}, set(), collections.deque([((), root)])
   while queue:
@@ -243,6 +245,12 @@ def checkpoint_variable_keys(model, path: str) -> list[tuple[object, str | None]
   variables is the optimizer's, not the model's. Variables not reachable from the model's
   attributes (e.g. dropout RNG states) are left out.
   """
+  return _variable_keys(path, {"model": model}, model.variables)
+
+
+def _variable_keys(path: str, children: dict, variables) -> list[tuple[object, str | None]]:
+  """`checkpoint_variable_keys` for the variables of any root children (the model, the
+  loss terms)."""
   reader = tf.train.load_checkpoint(path)
   graph = trackable_object_graph_pb2.TrackableObjectGraph()
   graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
@@ -258,8 +266,8 @@ def checkpoint_variable_keys(model, path: str) -> list[tuple[object, str | None]
     keys = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
     return keys[0] if keys and keys[0] in stored else None
 
-  paths = _object_paths(model)
-  return [(v, key_at(paths[id(v)])) for v in model.variables if id(v) in paths]
+  paths = _object_paths(children, variables)
+  return [(v, key_at(paths[id(v)])) for v in variables if id(v) in paths]
 
 
 def restore_model_weights(model, path: str) -> tuple[int, int]:
@@ -289,3 +297,82 @@ def restore_model_weights(model, path: str) -> tuple[int, int]:
                      "another model configuration?")
   logging.info("Restored %d model variables from %s (%d skipped)", restored, path, skipped)
   return restored, skipped
+
+
+def _source_run_data(path: str) -> tuple[str, object] | None:
+  """(data.data_dir, data.split) of the run that wrote the checkpoint at `path` (its
+  config.yaml, in the checkpoint's directory or, for `DIR/best/ckpt-N`, in DIR), or None
+  when there is no readable config.yaml."""
+  directory = os.path.dirname(path)
+  if os.path.basename(directory.rstrip("/")) == BEST_DIR:
+    directory = os.path.dirname(directory.rstrip("/"))
+  config_path = os.path.join(directory, "config.yaml")
+  try:
+    with tf.io.gfile.GFile(config_path) as f:
+      data = (yaml.safe_load(f) or {}).get("data", {})
+    return str(data["data_dir"]), data.get("split", 0)
+  except (tf.errors.NotFoundError, OSError, yaml.YAMLError, KeyError, TypeError,
+          AttributeError):
+    return None
+
+
+def _same_directory(a: str, b: str) -> bool:
+  return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
+def restore_loss_state(terms: dict, path: str, data_dir: str, split=0) -> list[str]:
+  """Restores the state of the stateful loss terms (OIM's lookup table) from the training
+  checkpoint at `path` (`trainer.init_checkpoint`), so a staged schedule carries it from one
+  stage to the next.
+
+  The state is indexed by training label, so it is restored only when it belongs to the same
+  training identities:
+  - the run that wrote the checkpoint (its config.yaml beside the checkpoint) trained on the
+    same `data_dir` and `split`; otherwise (fine-tuning on another dataset or split) nothing
+    is restored and a warning says so; without a readable config.yaml the shapes decide;
+  - a variable restores only when the checkpoint holds it under the same term name with the
+    same shape; one of another shape (another number of identities, another embedding
+    width) keeps its initial value (OIM: zeros), with a warning naming both shapes.
+  The terms' variables are not part of the model, so `restore_model_weights` never reads
+  them. Returns the paths of the variables restored.
+
+  Args:
+    terms: term name -> loss term (a tf.Module), as the trainer's checkpoint tracks them.
+    path: the checkpoint.
+    data_dir, split: the training data of the run being initialised.
+  """
+  terms = {name: term for name, term in terms.items()
+           if getattr(term, "stateful", False) and term.variables}
+  if not terms:
+    return []
+  source = _source_run_data(path)
+  if source is not None and not (_same_directory(source[0], data_dir)
+                                 and str(source[1]) == str(split)):
+    logging.warning(
+        "Not restoring the loss-term state (%s) from %s: it was trained on data_dir=%s "
+        "split=%s, this run trains on data_dir=%s split=%s, so its rows belong to other "
+        "identities. The state starts from its initial value (OIM: a zero lookup table).",
+        ", ".join(sorted(terms)), path, source[0], source[1], data_dir, split)
+    return []
+  reader = tf.train.load_checkpoint(path)
+  shapes = reader.get_variable_to_shape_map()
+  restored = []
+  for name, term in sorted(terms.items()):
+    for variable, key in _variable_keys(path, {name: term}, term.variables):
+      label = variable.name.split(":")[0]
+      if key is None:
+        logging.warning("Loss term %r: %s is not in %s; it starts from its initial value.",
+                        name, label, path)
+        continue
+      if list(shapes[key]) != list(variable.shape):
+        logging.warning(
+            "Loss term %r: not restoring %s from %s: checkpoint shape %s, this run's shape "
+            "%s (another number of training identities or another feature width); it starts "
+            "from its initial value.", name, label, path, list(shapes[key]),
+            list(variable.shape))
+        continue
+      variable.assign(reader.get_tensor(key))
+      restored.append(label)
+  if restored:
+    logging.info("Restored loss-term state from %s: %s", path, ", ".join(restored))
+  return restored
