@@ -373,3 +373,51 @@ def test_attention_outputs_become_one_picture_per_frame_and_part():
   for i in range(3):
     for j in range(i + 1, 3):
       assert np.abs(maps[:, :, i] - maps[:, :, j]).max() > 1e-3
+
+
+def test_attention_overlays_draw_each_part_with_its_temporal_weights():
+  """The `tfreid.visualize` hook, K = N = 3 (where the default would read the [B, K, N]
+  temporal weights as [B, N, K]): row k + 1 of a clip's picture is part k's receptive field
+  over each frame with a bar of its weight t_{n,k} under it (length t_{n,k} / max_n t_{n,k}
+  of the frame width, in the part's colour); `attention_temporal` has the K bars of frame
+  n under frame n."""
+  from tfreid import visualize  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(13)
+  model = DiversityAttention(5, num_frames=3, block_counts=(1, 1, 1, 1), base_width=2,
+                             num_parts=3, hidden_dim=4, embedding_dim=4)
+  clips = rng.integers(0, 256, (2, 3, 128, 64, 3), dtype=np.uint8)
+  out = model({"clips": clips}, training=False)
+  weights = rng.dirichlet(np.ones(3), size=(2, 3)).astype(np.float32)  # [B, K, N]
+  out["attention_temporal"] = tf.constant(weights)
+  drawn = visualize.attention_overlays(model, {"clips": clips}, out)
+  height, width, bar, k_parts, n_frames = 128, 64, 4, 3, 3
+  assert drawn["attention_spatial"].shape == (
+      2, height + k_parts * (1 + height + bar), n_frames * width + 2, 3)
+  assert drawn["attention_temporal"].shape == (2, height + k_parts * bar, n_frames * width + 2, 3)
+  maps = out["attention_spatial"].numpy()
+  for b in range(2):
+    picture = drawn["attention_spatial"][b].numpy()
+    np.testing.assert_allclose(picture[:height, :width], clips[b, 0] / 255.0, atol=1e-6)
+    for k in range(k_parts):
+      top = height + 1 + k * (1 + height + bar)
+      for n in range(n_frames):
+        left = n * (width + 1)
+        np.testing.assert_allclose(
+            picture[top:top + height, left:left + width],
+            visualize.heatmap_overlay(clips[b, n:n + 1], maps[b, n:n + 1, k]).numpy()[0],
+            atol=1e-5)
+        bar_row = picture[top + height + 1, left:left + width]
+        length = int(np.ceil(weights[b, k, n] / weights[b, k].max() * width))
+        np.testing.assert_allclose(bar_row[:length], np.tile(visualize.PART_COLORS[k],
+                                                             (length, 1)), atol=1e-6)
+        np.testing.assert_array_equal(bar_row[length:], 0.0)
+    strip = drawn["attention_temporal"][b].numpy()
+    for n in range(n_frames):
+      for k in range(k_parts):
+        row = strip[height + k * bar, n * (width + 1):n * (width + 1) + width]
+        length = int(np.ceil(weights[b, k, n] / weights[b].max() * width))
+        assert (row.sum(axis=-1) > 0).sum() == length
+  baseline = DiversityAttention(5, num_frames=3, block_counts=(1, 1, 1, 1), base_width=2,
+                                num_parts=0, embedding_dim=4)
+  out = baseline({"clips": clips}, training=False)
+  assert visualize.attention_overlays(baseline, {"clips": clips}, out) == {}

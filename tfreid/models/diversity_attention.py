@@ -209,6 +209,49 @@ class DiversityAttention(ConfigKeysMixin, keras.Model):
           self.identity_classifier(ops.cast(embedding, self.compute_dtype)), "float32")
     return outputs
 
+  def attention_overlays(self, inputs, outputs):
+    """What the model attends to, drawn on the clip's frames (`tfreid.visualize` hook:
+    TensorBoard `attention/<name>`, `python -m tfreid.visualize`). Per clip:
+
+    - ``attention_spatial``: the frames (top row), then one row per part k: the receptive
+      field s_{n,k} of eq. (2) of every frame n as a heat map over it and, with temporal
+      attention, part k's weight t_{n,k} of eq. (12) as a bar in the part's colour
+      (`visualize.PART_COLORS`) under each frame, scaled to the part's largest weight in
+      the clip (each part's weights sum to 1 over the frames);
+    - ``attention_temporal``: the frames with the K temporal weights as K bars under each,
+      scaled to the clip's largest weight.
+
+    A hook rather than the default drawing: ``attention_temporal`` is [B, K, N] (a row per
+    part), which the default reads as [B, N, K] whenever K = N (the paper's K = N = 6), and
+    the default draws the spatial maps without the temporal weight of their part. The
+    baseline (num_parts=0) has no attention: nothing is drawn.
+    """
+    from tfreid import visualize  # pylint: disable=import-outside-toplevel
+    spatial = outputs.get("attention_spatial")
+    if spatial is None:
+      return {}
+    temporal = outputs.get("attention_temporal")
+    clips = inputs["clips"]
+    colors = visualize.PART_COLORS
+    spatial_pictures, temporal_pictures = [], []
+    for b in range(int(clips.shape[0])):
+      frames = clips[b]
+      heads = ops.transpose(ops.cast(spatial[b], "float32"), (1, 0, 2, 3))  # [K, N, h, w]
+      rows = [frames]
+      for k in range(int(heads.shape[0])):
+        row = visualize.heatmap_overlay(frames, heads[k])
+        if temporal is not None:
+          row = visualize.weight_bars(row, temporal[b, k], colors=colors[k % len(colors)][None])
+        rows.append(row)
+      spatial_pictures.append(visualize.clip_strip(rows))
+      if temporal is not None:
+        temporal_pictures.append(visualize.clip_strip(
+            [visualize.weight_bars(frames, ops.transpose(temporal[b]))]))
+    drawn = {"attention_spatial": ops.stack(spatial_pictures)}
+    if temporal_pictures:
+      drawn["attention_temporal"] = ops.stack(temporal_pictures)
+    return drawn
+
   def summary_scalars(self, outputs, batch):
     """TensorBoard `metrics/*`: how peaked the receptive fields (the largest cell weight,
     1/L when uniform, 1 on one cell) and the temporal weights are, averaged."""
