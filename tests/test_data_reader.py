@@ -265,3 +265,120 @@ def test_record_reader_names_the_record_and_what_is_wrong(streams, tmp_path, dam
   assert valid.tolist() == [True, False] and clips[1].frames.tolist() == [b"", b""]
   assert clips[0].frames[0] != b""
   assert skipped == [(path, offset, tid, skipped[0][3])] * 2 and reason in skipped[0][3]
+
+
+# ------------------------------------------------------------- damaged frames (valid CRC)
+
+
+def damage_frame(data_dir, tracklet_id, frame, damage):
+  """Rewrites the shard holding `tracklet_id` with frame `frame` of its record replaced by
+  damage(bytes) and every record framed anew (valid CRCs): a source frame damaged before
+  conversion. Returns (shard path, the frame's name)."""
+  manifest = schema.read_manifest(data_dir)
+  for shard in manifest["shards"]:
+    path = os.path.join(data_dir, shard["file"])
+    records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+    for i, raw in enumerate(records):
+      example = tf.train.Example.FromString(raw)
+      feature_of = example.features.feature
+      if feature_of[schema.TRACKLET_ID].int64_list.value[0] != tracklet_id:
+        continue
+      frames = feature_of[schema.FRAMES].bytes_list.value
+      frames[frame] = damage(frames[frame])
+      records[i] = example.SerializeToString()
+      with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+          writer.write(record)
+      return path, feature_of[schema.FRAME_NAMES].bytes_list.value[frame].decode()
+  raise AssertionError(f"tracklet {tracklet_id} is in no shard")
+
+
+def _flip_marker(jpeg):
+  """The JPEG with two bytes in the middle of its compressed data set to 0xFF42, no
+  marker a scan may hold (as two damaged bytes, or one next to a 0xFF, make)."""
+  scan = jpeg.index(b"\xff\xda")
+  start = scan + 2 + (jpeg[scan + 2] << 8 | jpeg[scan + 3])
+  middle = (start + len(jpeg)) // 2
+  while jpeg[middle - 1] == 0xFF:
+    middle += 1
+  return jpeg[:middle] + b"\xff\x42" + jpeg[middle + 2:]
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda jpeg: jpeg[:len(jpeg) * 2 // 3],
+     "(truncated)"),
+    (lambda jpeg: jpeg[:-2], "without an end-of-image marker (truncated)"),
+    (lambda jpeg: jpeg[:300], "truncated"),
+    (_flip_marker, "unexpected marker 0xff42 at byte"),
+])
+def test_a_damaged_frame_inside_a_valid_record_is_named(streams, tmp_path, damage, reason):
+  data_dir, _ = streams
+  copy = str(tmp_path / "copy")
+  copy_dataset(data_dir, copy)
+  index = reader.load_partition(copy, "train")
+  row, frame = 1, 1
+  tid = int(index.tracklet_ids[row])
+  path, name = damage_frame(copy, tid, frame, damage)
+  index = reader.load_partition(copy, "train")  # the shard was rewritten: offsets moved
+  offset = int(index.offsets[row])
+  # TensorFlow's decoder alone does not say which file is damaged, or says nothing.
+  bad = reader.RecordReader(index, skip_corrupt=True, on_skip=lambda *a: None)
+  with pytest.raises(reader.DatasetError) as error:
+    reader.RecordReader(index).tracklet(row)
+  message = str(error.value)
+  for part in (f"shard {path}", f"byte offset {offset}", f"tracklet id {tid}",
+               f"frame {frame} ({name}) is a damaged JPEG image", reason,
+               "data.skip_corrupt=true"):
+    assert part in message, (part, message)
+  # Clips without the damaged frame are read; a clip with it is skipped and reported.
+  skipped = []
+  source = reader.RecordReader(index, skip_corrupt=True,
+                               on_skip=lambda *args: skipped.append(args))
+  clips, valid = source.clips([row, row], [[0, 0], [0, frame]])
+  assert valid.tolist() == [True, False] and clips[1].frames.tolist() == [b"", b""]
+  assert len(skipped) == 1 and skipped[0][:3] == (path, offset, tid)
+  assert f"frame {frame} ({name})" in skipped[0][3]
+  arrays, valid = bad.tracklet(row)
+  assert not valid and arrays.frames.tolist() == [b""] * int(index.num_frames[row])
+  # Every other record of the partition reads as before.
+  for other in range(len(index)):
+    if other != row:
+      assert source.tracklet(other)[1]
+
+
+def test_image_checks_accept_whole_files_and_name_damage():
+  import cv2  # pylint: disable=import-outside-toplevel
+  from tfreid.data import image_check  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 255, [48, 32, 3], np.uint8)
+  encoded = {
+      "baseline": cv2.imencode(".jpg", image)[1].tobytes(),
+      "restart": cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_RST_INTERVAL, 2])[1].tobytes(),
+      "progressive": cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+      "gray": cv2.imencode(".jpg", image[..., 0])[1].tobytes(),
+  }
+  for kind, jpeg in encoded.items():
+    assert image_check.jpeg_problem(jpeg) is None, kind
+    assert image_check.jpeg_problem(jpeg + b"\x00\x00trailing") is None, kind
+    for cut in (1, 2, 3, len(jpeg) // 2, 200):
+      assert "truncated" in image_check.jpeg_problem(jpeg[:-cut]), (kind, cut)
+  # Restart markers out of order (0 and 1 swapped).
+  jpeg = encoded["restart"]
+  first, second = jpeg.index(b"\xff\xd0"), jpeg.index(b"\xff\xd1")
+  swapped = bytearray(jpeg)
+  swapped[first + 1], swapped[second + 1] = 0xD1, 0xD0
+  assert "restart marker 1 at byte" in image_check.jpeg_problem(bytes(swapped))
+  assert "start-of-image" in image_check.jpeg_problem(b"GIF89a" + jpeg)
+  # A frame header that declares an empty image.
+  sof = encoded["baseline"].index(b"\xff\xc0")
+  empty = bytearray(encoded["baseline"])
+  empty[sof + 5:sof + 7] = b"\x00\x00"
+  assert "frame header is invalid" in image_check.jpeg_problem(bytes(empty))
+  png = cv2.imencode(".png", image)[1].tobytes()
+  assert image_check.png_problem(png) is None
+  assert "truncated" in image_check.png_problem(png[:-20])
+  flipped = bytearray(png)
+  flipped[len(png) // 2] ^= 0x01
+  assert "fails its CRC" in image_check.png_problem(bytes(flipped))
+  assert image_check.frame_problem(png, "png") is None
+  assert image_check.frame_problem(png, "jpeg") is not None

@@ -32,6 +32,7 @@ import google_crc32c
 import numpy as np
 from absl import logging
 
+from tfreid.data import image_check
 from tfreid.data import schema
 
 DatasetError = schema.DatasetError
@@ -489,10 +490,13 @@ class RecordReader:
   masked CRC-32Cs as TFRecord readers do, parses the tf.train.Example and checks that it is
   the tracklet the index expects: same tracklet id and frame count, and every requested
   stream with one entry per frame (`flow`, `keypoints` with 14 x 3 values per frame,
-  `keypoints_present`). Only the requested streams are converted to arrays.
+  `keypoints_present`). Only the requested streams are converted to arrays. Every frame
+  read is checked to be a whole JPEG or PNG file (image_check.py: markers, segment
+  lengths, end-of-image marker; PNG chunk CRCs) the first time this reader reads it: a
+  source frame damaged before conversion (a truncated JPEG) passes the record's CRCs.
 
   A record that fails any of this raises a DatasetError naming the shard, the byte offset,
-  the tracklet and what is wrong, or, with `skip_corrupt`, is reported to `on_skip(path,
+  the tracklet and what is wrong (for a damaged frame: its number and source file name), or, with `skip_corrupt`, is reported to `on_skip(path,
   offset, tracklet_id)` and returned as placeholders (empty encoded frames, zero streams)
   with `valid` False.
 
@@ -509,6 +513,11 @@ class RecordReader:
     self.lengths = np.asarray(index.lengths, np.int64)
     self.tracklet_ids = np.asarray(index.tracklet_ids, np.int64)
     self.num_frames = np.asarray(index.num_frames, np.int64)
+    self.is_png = np.asarray(index.is_png, bool)
+    # Frames already checked (image_check), one flag per frame of the index: a frame is
+    # checked the first time it is read (its record's CRCs are verified on every read).
+    self._frame_start = np.concatenate([[0], np.cumsum(self.num_frames)]).astype(np.int64)
+    self._checked = np.zeros([int(self._frame_start[-1])], bool)
     self.use_flow = use_flow
     self.use_keypoints = use_keypoints
     self.skip_corrupt = skip_corrupt
@@ -577,7 +586,10 @@ class RecordReader:
 
     # Only the frames asked for become Python objects.
     pick = list if frame_index is None else (lambda seq: [seq[i] for i in frame_index])
-    out = TrackletArrays(np.array(pick(per_frame(schema.FRAMES, "bytes_list")), object))
+    frames = pick(per_frame(schema.FRAMES, "bytes_list"))
+    self._check_frames(row, frames, range(n) if frame_index is None else frame_index,
+                       feature)
+    out = TrackletArrays(np.array(frames, object))
     if self.use_flow:
       out.flow = np.array(pick(per_frame(schema.FLOW, "bytes_list")), object)
     if self.use_keypoints:
@@ -587,6 +599,23 @@ class RecordReader:
       out.keypoints, out.present = ((joints, present) if frame_index is None else
                                     (joints[frame_index], present[frame_index]))
     return out
+
+  def _check_frames(self, row: int, frames, positions, feature) -> None:
+    """Raises UnreadableRecord for the first frame of `frames` (at `positions` of the
+    record of `row`) that is not a whole image file (image_check.py)."""
+    checked, start = self._checked, int(self._frame_start[row])
+    fmt = "png" if self.is_png[row] else "jpeg"
+    for data, t in zip(frames, positions):
+      if checked[start + t]:
+        continue
+      problem = image_check.frame_problem(data, fmt)
+      if problem is not None:
+        names = feature[schema.FRAME_NAMES].bytes_list.value \
+            if schema.FRAME_NAMES in feature else []
+        name = f" ({names[t].decode('utf-8', 'replace')})" if t < len(names) else ""
+        raise UnreadableRecord(f"frame {t}{name} is a damaged {fmt.upper()} image: "
+                               f"{problem}")
+      checked[start + t] = True
 
   def _placeholder(self, n: int) -> TrackletArrays:
     out = TrackletArrays(np.full([n], b"", object))
