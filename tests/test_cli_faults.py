@@ -21,6 +21,7 @@ from tfreid.training import checkpoints
 from tfreid.training import run_lock
 from tfreid.training import trainer as trainer_lib
 
+from test_data_reader import damage_frame
 from trainer_fixtures import (REPO, cli, first_cpu_strategy,  # pylint: disable=unused-import
                               fixture_tiny_data, tiny_config)
 
@@ -195,3 +196,57 @@ def test_resuming_a_run_directory_with_another_architecture_says_what_to_do(trai
                            r"--config_file=.*config.yaml, or train this configuration into "
                            r"another --model_dir"):
     trainer_lib.Trainer(other, str(model_dir), strategy=first_cpu_strategy())
+
+
+# ------------------------------------------------- damaged frames inside valid records
+
+
+def _damage_tracklet(data_dir, partition, row=0):
+  """Truncates every frame of the tracklet at `row` of `partition` (its record stays
+  valid: a source damaged before conversion); returns its tracklet id."""
+  index = reader.load_partition(str(data_dir), partition)
+  tid = int(index.tracklet_ids[row])
+  for frame in range(int(index.num_frames[row])):
+    damage_frame(str(data_dir), tid, frame, lambda jpeg: jpeg[:len(jpeg) // 2])
+  return tid
+
+
+def test_a_damaged_frame_ends_train_with_one_message(tiny_data, tmp_path):
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  tid = _damage_tracklet(data, "train")
+  proc = subprocess.run(cli(tmp_path / "run", data, "runtime.jit_compile=false"), cwd=REPO,
+                        env=_env(), capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: Corrupt or unreadable record in shard "), last
+  assert f"(tracklet id {tid}): frame " in last and "is a damaged JPEG image" in last, last
+
+
+def test_damaged_frames_are_skipped_and_counted_with_skip_corrupt(trained, tiny_data,
+                                                                  tmp_path):
+  from tfreid.data import pipeline  # pylint: disable=import-outside-toplevel
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  train_tid = _damage_tracklet(data, "train")
+  query_tid = _damage_tracklet(data, "query")
+  # Training: the damaged tracklet's clips are dropped, logged and counted.
+  before = len(pipeline.skipped_records())
+  config = tiny_config(data, "data.skip_corrupt=true")
+  for _ in pipeline.make_train_dataset(config).take(4):
+    pass
+  assert train_tid in {t for _, _, t in pipeline.skipped_records()[before:]}
+  # Evaluation: strict, an error naming the frame; skipping, the tracklet left out and
+  # counted in the report.
+  data_dir = f"data.data_dir={data}"
+  with pytest.raises(tf.errors.OpError, match=rf"tracklet id {query_tid}\): frame 0 .*"
+                                              "is a damaged JPEG image"):
+    evaluate.evaluate_run(str(trained["model_dir"]), overrides=[data_dir],
+                          output_dir=str(tmp_path / "strict"))
+  record = evaluate.evaluate_run(str(trained["model_dir"]),
+                                 overrides=[data_dir, "data.skip_corrupt=true"],
+                                 output_dir=str(tmp_path / "skip"))
+  assert record["skipped"]["query"] == ["1 unreadable record(s) left out"], record["skipped"]
+  with open(tmp_path / "skip" / "metrics.json") as f:
+    assert json.load(f)["skipped"] == record["skipped"]
