@@ -18,7 +18,7 @@ STREAM_FLAGS ?=
 DATA_SUFFIX := $(subst $(eval) ,,$(subst --,_,$(STREAM_FLAGS)))
 DATA ?= runs/data/synthetic_$(PRESET)$(DATA_SUFFIX)
 
-.PHONY: install quickstart quickstart-run data test bench clean
+.PHONY: install quickstart quickstart-run data test bench clean leaderboard
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ quickstart-run: data
 
 test: install
 	$(PY) -m pytest -n 2 -q tests
+
+# Every method's :synthetic experiment on both presets, 3 seeds (benchmarks/leaderboard.py:
+# resumable; tables, plot and attention pictures in docs/leaderboard). Not part of `test`.
+LEADERBOARD_FLAGS ?=
+leaderboard: $(STAMP)
+	$(PY) benchmarks/leaderboard.py $(LEADERBOARD_FLAGS)
 
 clean:
 	rm -rf runs

@@ -189,3 +189,14 @@ def test_a_config_yaml_written_before_the_method_contract_still_loads():
   with pytest.raises(cfg.ConfigError, match="data.use_flow' no longer exists: the input "
                                             "streams are declared by the model"):
     cfg.apply_override(config, "data.use_flow=true")
+
+
+def test_fixed_length_query_and_gallery_sequences():
+  config = cfg.build_config("stal", overrides=["eval.query_seq_len=16",
+                                               "eval.gallery_seq_len=4"])
+  assert config.eval.partition_seq_len("query") == 16
+  assert config.eval.partition_seq_len("gallery") == 4
+  assert config.eval.partition_seq_len("train") == 0
+  with pytest.raises(cfg.ConfigError, match=r"eval.gallery_seq_len must be >= 0 \(0: every "
+                                            r"frame of the tracklet\), got -1"):
+    cfg.build_config("stal", overrides=["eval.gallery_seq_len=-1"])

@@ -207,6 +207,47 @@ def test_chunk_first_test_clips(codes):
       np.testing.assert_array_equal(frames[b], [k * n // T for k in range(T)])
 
 
+@pytest.mark.parametrize("length", [1, 3, 8])
+def test_fixed_length_test_sequences(codes, length):
+  """eval.query_seq_len / gallery_seq_len (stal fig. 11): L frames per tracklet, distinct
+  when it has L or more, else every frame plus repeats; in time order, tiled cyclically into
+  T-frame clips; the same draw for the same seed, another for another seed."""
+  config = data_config(codes)
+  index = reader.load_partition(codes, "query")
+
+  def frames_by_tracklet(seed):
+    batches = take(pipeline.make_test_dataset(config, "query", num_frames=length,
+                                              length_seed=seed), 100)
+    found = {}
+    for batch in batches:
+      ids, frames = frame_codes(batch["clips"])
+      for b, position in enumerate(batch["index"]):
+        assert (ids[b] == index.tracklet_ids[position] % 256).all()
+        found.setdefault(int(position), []).append(frames[b])
+    return {p: np.concatenate(v) for p, v in found.items()}
+
+  drawn = frames_by_tracklet(seed=0)
+  assert sorted(drawn) == list(range(len(index)))
+  clips = -(-length // T)
+  differs = False
+  other = frames_by_tracklet(seed=1)
+  for position, frames in drawn.items():
+    n = int(index.num_frames[position])
+    assert frames.shape == (clips * T,)
+    chosen = frames[:length]
+    np.testing.assert_array_equal(frames, chosen[np.arange(clips * T) % length])
+    assert (np.diff(chosen) >= 0).all() and chosen.min() >= 0 and chosen.max() < n
+    if n >= length:
+      assert len(set(chosen.tolist())) == length
+    else:
+      assert set(chosen.tolist()) == set(range(n))
+    differs |= not np.array_equal(frames, other[position])
+  assert differs or length == 1 and all(index.num_frames[p] <= 1 for p in drawn)
+  again = frames_by_tracklet(seed=0)
+  for position, frames in drawn.items():
+    np.testing.assert_array_equal(frames, again[position])
+
+
 def corrupt_record(data_dir, partition, position):
   """Flips a byte inside the frames of a record (its data CRC no longer matches)."""
   index = reader.load_partition(data_dir, partition)

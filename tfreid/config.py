@@ -471,12 +471,27 @@ class EvalConfig:
   max_rank: int = 50
   # Rank-list images written for this many queries.
   num_rank_lists: int = 8
+  # Frames per query / gallery tracklet (0: every frame, through data.test_sampler). L > 0:
+  # L frames drawn at random per tracklet, complemented by repeats when it has fewer
+  # (stal's fig. 11 protocol, `tfreid.data.samplers.random_length_indices`), seeded by
+  # length_seed and the tracklet's position.
+  query_seq_len: int = 0
+  gallery_seq_len: int = 0
+  length_seed: int = 0
 
   def validate(self) -> None:
     _one_of("eval.protocol", self.protocol, ("torchreid", "mars_matlab"))
     _one_of("eval.distance", self.distance,
             ("model", "euclidean", "sqeuclidean", "cosine", "learned"))
     _positive("eval.max_rank", self.max_rank)
+    for key in ("query_seq_len", "gallery_seq_len"):
+      if getattr(self, key) < 0:
+        raise ConfigError(f"eval.{key} must be >= 0 (0: every frame of the tracklet), got "
+                          f"{getattr(self, key)}.")
+
+  def partition_seq_len(self, partition: str) -> int:
+    """Frames drawn per tracklet of a test partition (0: every frame)."""
+    return {"query": self.query_seq_len, "gallery": self.gallery_seq_len}.get(partition, 0)
 
 
 @dataclasses.dataclass

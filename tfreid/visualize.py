@@ -29,8 +29,13 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import tensorflow as tf
+if __name__ == "__main__":
+  # The command line: TensorFlow's start-up notices hidden before it is imported.
+  from tfreid import console as _console  # pylint: disable=ungrouped-imports
+  _console.quiet_tensorflow_start()
+
+import numpy as np  # pylint: disable=wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
 
 # A perceptually ordered colour ramp (dark blue -> cyan -> yellow -> red) for heat maps.
 _RAMP = np.array([[0.05, 0.05, 0.35], [0.0, 0.55, 0.85], [0.3, 0.85, 0.45],
@@ -309,7 +314,6 @@ def main(argv=None) -> int:
           f"{os.path.basename(run.checkpoint_path)})")
     return 0
 
-  console.quiet_tensorflow_start()
   return console.run_cli(run_it)
 
 

@@ -510,7 +510,8 @@ def make_train_dataset(config, strategy: Optional[tf.distribute.Strategy] = None
 def make_test_dataset(config, partition: str, split: Optional[int] = None,
                       protocol: Optional[str] = None,
                       index: Optional[reader.TrackletIndex] = None,
-                      streams=None) -> tf.data.Dataset:
+                      streams=None, num_frames: int = 0,
+                      length_seed: int = 0) -> tf.data.Dataset:
   """Batches of every test clip of a partition (module docstring).
 
   Args:
@@ -519,6 +520,9 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
     split: default data.split.
     protocol: a manifest protocol; None for the manifest's first.
     index: the partition's TrackletIndex when the caller already has it.
+    num_frames: 0: every frame of a tracklet (data.test_sampler); L > 0: L frames drawn at
+      random per tracklet (`samplers.random_length_indices`, eval.query_seq_len /
+      gallery_seq_len), seeded by (length_seed, the tracklet's position).
 
   Elements: the batch contract of data/__init__.py plus `index` int32 [B].
   """
@@ -539,8 +543,12 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
 
   def split_clips(arrays, row):
     meta = _meta(tables, row)
-    clip_index = samplers.test_clips(sampler, tf.gather(tables.num_frames, row), t,
-                                     data.test_sample_stride)
+    if num_frames:
+      clip_index = samplers.random_length_indices(
+          tf.gather(tables.num_frames, row), num_frames, t, tf.stack([length_seed, row]))
+    else:
+      clip_index = samplers.test_clips(sampler, tf.gather(tables.num_frames, row), t,
+                                       data.test_sample_stride)
 
     def one(frame_index):
       clip = {key: tf.gather(v, frame_index) for key, v in arrays.items() if key != "valid"}

@@ -209,6 +209,39 @@ def _check_test_stride(sampler: str, stride: int) -> None:
                      f"the others 1 only (got test sampler {sampler!r}).")
 
 
+def random_length_indices(num_frames, length: int, seq_len: int, seed) -> tf.Tensor:
+  """L = `length` frames of a tracklet as [ceil(L / T), T] test clips (stal, section IV-E,
+  fig. 11: probe and gallery sequences of a fixed length L).
+
+  The paper: "If the real length of a video is greater than L, we randomly selected L frames
+  as the testing sequence; otherwise, we used the whole sequence and randomly sampled other
+  frames to complement the L length." So with n >= L frames: L distinct frames drawn
+  uniformly; with n < L: every frame once plus L - n frames drawn uniformly with
+  replacement. The chosen frames are kept in time order (the paper's model treats frames as
+  independent; a temporal model then still sees them in order). Filling T-frame clips, the L
+  frames repeat cyclically up to a multiple of T (library choice): every frame appears the
+  same number of times when L divides T or T divides L, as with the paper's powers of two.
+  `seed`: a stateless seed [2] (the same seed draws the same frames).
+  """
+  n = _n(num_frames)
+  seed = tf.cast(seed, tf.int32)
+  keys = tf.random.stateless_uniform(tf.reshape(n, [1]), seed)
+
+  def distinct():
+    return tf.sort(tf.argsort(keys)[:length])
+
+  def complemented():
+    extra = tf.random.stateless_uniform([length], seed + 1, minval=0, maxval=n,
+                                        dtype=tf.int32)[:tf.maximum(length - n, 0)]
+    return tf.sort(tf.concat([tf.range(n, dtype=tf.int32), extra], axis=0))
+
+  chosen = tf.cond(n >= length, distinct, complemented)
+  chosen = tf.ensure_shape(tf.cast(chosen, tf.int32), [length])
+  num_clips = -(-length // seq_len)
+  return tf.reshape(tf.gather(chosen, tf.range(num_clips * seq_len) % length),
+                    [num_clips, seq_len])
+
+
 def test_clips(sampler: str, num_frames, seq_len: int, stride: int = 1) -> tf.Tensor:
   """[C, T] frame indices of every test clip of a tracklet; `stride`: frame step inside a
   `dense` clip (data.test_sample_stride)."""

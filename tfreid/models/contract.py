@@ -38,6 +38,10 @@ The model (every method optional; the default in brackets):
                                                     [``{"learned": pairwise_distance}``].
   ``summary_scalars(outputs, batch) -> dict``       scalars to log while training
                                                     (``metrics/<name>``) [none].
+  ``attention_overlays(inputs, outputs) -> dict``   its attention drawn on its frames,
+                                                    images [N, H, W, 3] in [0, 1]
+                                                    (`tfreid.visualize`) [heat maps and
+                                                    weight bars of ``attention*`` outputs].
   Keras ``add_loss`` terms are part of the objective (the term ``add_loss``).
 
 Freezing is configuration (``trainer.freeze``: glob patterns over layer paths), see

@@ -102,8 +102,9 @@ def extract_features(config: cfg.ExperimentConfig, model, partition: str,
   streams = contract.input_streams(config)
   index = data_reader.load_partition(config.data.data_dir, partition, split=split,
                                      protocol=protocol, skip_corrupt=config.data.skip_corrupt)
-  dataset = data_pipeline.make_test_dataset(config, partition, split=split, protocol=protocol,
-                                            index=index, streams=streams)
+  dataset = data_pipeline.make_test_dataset(
+      config, partition, split=split, protocol=protocol, index=index, streams=streams,
+      num_frames=config.eval.partition_seq_len(partition), length_seed=config.eval.length_seed)
   run = _feature_function(model, streams)
   n = len(index.pids)
   sums: dict[str, np.ndarray] = {}
@@ -246,6 +247,11 @@ def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
                   "gallery": list(evaluation["gallery_index"].skipped)},
       "cmc": [float(x) for x in result["cmc"]],
   })
+  if config.eval.query_seq_len or config.eval.gallery_seq_len:
+    # Fixed-length probe and gallery sequences (0: every frame).
+    record["sequence_lengths"] = {"query": config.eval.query_seq_len,
+                                  "gallery": config.eval.gallery_seq_len,
+                                  "seed": config.eval.length_seed}
   record.update(extra or {})
   _write_json(os.path.join(out_dir, "metrics.json"), record)
   # In %, one decimal, as the console summary and the split reports (metrics.json keeps
