@@ -235,3 +235,75 @@ def test_checkpoint_round_trip_restores_every_weight(tmp_path):
   assert len(weights) == len(restored) > 1000
   for a, b in zip(weights, restored):
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
+
+
+def _resnet_block(cin, width, projection):
+  """A bottleneck block without convolution biases (BN gamma/beta/mean/var per channel)."""
+  total = cin * width + 4 * width + 9 * width * width + 4 * width + width * 4 * width
+  total += 4 * 4 * width
+  if projection:
+    total += cin * 4 * width + 4 * 4 * width
+  return total
+
+
+def _resnet_stage(cin, width, blocks):
+  return (_resnet_block(cin, width, True)
+          + (blocks - 1) * _resnet_block(4 * width, width, False))
+
+
+def test_resnet50_trunk_size_and_forward():
+  """Table V's STAL + ResNet50 (variant resnet50): the docstring's breakdown from the
+  ResNet-50 bottleneck table, and one full-size forward pass."""
+  config = stal_experiment.get_config("resnet50")
+  config.model.backbone.init = "none"
+  model = build_model(config.validate(), num_classes=625)
+  stem = 7 * 7 * 3 * 64 + 4 * 64
+  low = (stem + _resnet_stage(64, 64, 3) + _resnet_stage(256, 128, 4)
+         + _resnet_stage(512, 256, 6))
+  res5 = _resnet_stage(1024, 512, 3)
+  ran = (_conv_bn(1, 1024, 64) + _conv_bn(3, 64, 192) + 16 * 192 * 192 + 192
+         + 192 * 1024 + 1024)
+  projection = 2048 * 1024 + 1024
+  classifier = 1024 * 625 + 625
+  part = res5 + 2048 * 4 * 4 * 1024 + 1024
+  stan = 7 * 7 * 1024 * 256 + 256 + 2 * (9 * 256 * 256 + 256) + 256 * 6 + 6
+  assert (low, res5, ran, part, stan) == (8_573_888, 14_987_264, 965_056, 48_542_720,
+                                          14_027_014)
+  expected = low + ran + res5 + projection + classifier + 6 * (part + classifier) + stan
+  assert model.count_params() == expected == stal.RESNET50_CONFIG_PARAMS
+  assert model.trunk == "resnet50" and model.trunk_4c is None
+
+  inputs = _inputs(np.random.default_rng(0), batch=1, frames=8, height=224, width=224)
+  # Training mode: BatchNorm normalises by the batch (with untrained moving statistics the
+  # 16 residual blocks of random weights grow activations to ~1e5 and saturate the STAN).
+  out = model(inputs, training=True)
+  assert tuple(out["embedding"].shape) == (1, 1024)
+  assert tuple(out["part_features"].shape) == (1, 8, 6, 1024)
+  assert tuple(out["attention_scores"].shape) == (1, 8, 6)
+  assert all(np.isfinite(v.numpy()).all() for v in out.values())
+
+
+def test_resnet50_trunk_loads_keras_resnet_weights(tmp_path):
+  """model.backbone.init=imagenet with a Keras ResNet-50 weights file: the low-level CNN,
+  the global res5 and every part network's res5 copy take the file's weights (by the layer
+  names of keras.applications.ResNet50)."""
+  keras.utils.set_random_seed(4)
+  source = stal.Stal(3, **TINY, trunk="resnet50", resnet_base_width=4,
+                     resnet_block_counts=(1, 1, 1, 1))
+  full = keras.Model(source.low_level.input,
+                     source.high_level(source.low_level.output["res4"])["res5"])
+  path = str(tmp_path / "resnet.weights.h5")
+  full.save_weights(path)
+  config = stal_experiment.get_config("resnet50")
+  config.model.backbone.weights_path = path
+  config.model.backbone.base_width = 4
+  config.model.backbone.block_counts = [1, 1, 1, 1]
+  for key, value in TINY.items():
+    setattr(config.model.stal, key, value)
+  keras.utils.set_random_seed(5)
+  model = stal.build(config.validate(), 3)
+  want = source.high_level.get_layer("conv5_block1_2_conv").kernel.numpy()
+  for piece in [model.high_level] + [n.get_layer("res5") for n in model.part_nets]:
+    np.testing.assert_array_equal(piece.get_layer("conv5_block1_2_conv").kernel.numpy(), want)
+  np.testing.assert_array_equal(model.low_level.get_layer("conv1_conv").kernel.numpy(),
+                                source.low_level.get_layer("conv1_conv").kernel.numpy())

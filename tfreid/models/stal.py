@@ -44,6 +44,26 @@ every BN-Inception convolution has a bias, as the Caffe model):
 
 The part networks' fc_part (6 x 16.8 M) hold most of it: Table I's 1024 x 4 x 4 -> 1024.
 (``tests/test_stal_model.py`` recomputes it from BN-Inception's table.)
+
+ResNet-50 trunk (Table V's "STAL + ResNet50", variant ``resnet50``, model.backbone.name=
+resnet2d). The paper gives the row only; how the network is cut is the library's reading,
+kept parallel to Table I: the low-level CNN is res1..res4 (stride 16, so the ROI pooling
+scale stays 1/16; X^t is 1024 x 14 x 14); the global branch is X + M * X (the residual
+attention mask M read from X, as above; the ResNet has no stride-1 stage after res4 to play
+4c's part) -> res5 (last stride 2) -> average pool (2048) -> a linear layer to 1024 (Fig.
+9's embedding size); each part network is a copy of res5 (its first block halves the 8 x 8
+bins to 4 x 4, as 4e does) -> flatten -> fc_part 2048 x 4 x 4 -> 1024. STAN and the
+classifiers are unchanged. ``RESNET50_CONFIG_PARAMS`` = 336,392,093 (convolutions without
+bias, as keras.applications' ResNet-50 once its biases are folded into BatchNorm):
+
+  low-level CNN (stem 9,664 + res2 218,624 + res3 1,226,752 + res4 7,118,848) 8,573,888
+  global branch: residual attention 965,056 + res5 14,987,264
+                 + projection 2048 -> 1024 (2,098,176)                   18,050,496
+  identity classifier W^g (1024 x 625 + 625)                                640,625
+  six part networks, each res5 14,987,264 + fc_part (32,768 x 1024 + 1024)
+                 33,555,456                                            6 x 48,542,720
+  six part classifiers W^r                                               6 x 640,625
+  STAN: conv 7x7 1024->256, two 3x3 256->256, FC 256->6                  14,027,014
 """
 
 from __future__ import annotations
@@ -54,6 +74,9 @@ import keras
 import tensorflow as tf
 
 from tfreid.backbones import bn_inception
+from tfreid.backbones import resnet2d
+from tfreid.backbones import resnet3d
+from tfreid.backbones import weights as resnet_weights
 from tfreid.config import ConfigError
 from tfreid.layers.preprocessing import ClipNormalization
 from tfreid.layers.roi_pooling import roi_max_pool
@@ -64,7 +87,16 @@ from tfreid.losses.triplet import pairwise_euclidean_distance
 from tfreid.models.base import ConfigKeysMixin
 
 PAPER_CONFIG_PARAMS = 145_328_445
+RESNET50_CONFIG_PARAMS = 336_392_093
 TEST_DISTANCES = ("fused", "global", "local")
+# The network the branches are cut from: model.backbone.name -> Stal(trunk=...).
+TRUNKS = ("bn_inception", "resnet50")
+BACKBONE_TRUNKS = {"bn_inception": "bn_inception", "resnet2d": "resnet50"}
+
+
+def _endpoint(output, key: str):
+  """A piece's output: BN-Inception pieces return the map, resnet2d pieces a dict."""
+  return output[key] if isinstance(output, dict) else output
 
 
 @dataclasses.dataclass
@@ -123,12 +155,12 @@ def streams(config):
 
 def validate_config(config) -> None:
   backbone = config.model.backbone
-  if backbone.name != "bn_inception":
-    raise ConfigError(f"model.name=stal needs model.backbone.name=bn_inception, got "
-                      f"{backbone.name!r}.")
+  if backbone.name not in BACKBONE_TRUNKS:
+    raise ConfigError(f"model.name=stal needs model.backbone.name=bn_inception (Table I) or "
+                      f"resnet2d (Table V's ResNet-50 row), got {backbone.name!r}.")
   if backbone.init not in ("none", "imagenet"):
-    raise ConfigError(f"model.stal: model.backbone.init must be none or imagenet (BN-Inception "
-                      f"weights from model.backbone.weights_path), got {backbone.init!r}.")
+    raise ConfigError(f"model.stal: model.backbone.init must be none or imagenet (weights "
+                      f"from model.backbone.weights_path), got {backbone.init!r}.")
   for key in ("height", "width"):
     size = getattr(config.data, key)
     if size % 32:
@@ -147,12 +179,17 @@ class Stal(ConfigKeysMixin, keras.Model):
   [B, R] (sum_t s^{r,t}), ``part_boxes`` [B, T, R, 4] (eq. 7, pixels) and
   ``attention_boxes`` [B, T, H/4, W/4] (each part's box painted with its score, for
   TensorBoard).
+
+  ``trunk``: "bn_inception" (Table I) or "resnet50" (Table V's ResNet-50 row, module
+  docstring), with ``resnet_block_counts``, ``resnet_base_width`` and
+  ``resnet_last_stride`` (of the global res5) from model.backbone.
   """
 
   CONFIG_KEYS = ("num_classes", "width_divisor", "global_embedding_dim", "local_embedding_dim",
                  "residual_attention", "dropout", "pool_size", "attention_channels",
                  "min_joint_visibility", "temporal_attention", "spatial_attention",
-                 "test_distance", "test_parts", "global_distance_weight")
+                 "test_distance", "test_parts", "global_distance_weight", "trunk",
+                 "resnet_block_counts", "resnet_base_width", "resnet_last_stride")
   distance_inputs = ("embedding", "parts", "part_weight")
 
   def __init__(self, num_classes: int, width_divisor: int = 1,
@@ -161,7 +198,8 @@ class Stal(ConfigKeysMixin, keras.Model):
                attention_channels: int = 256, min_joint_visibility: float = 0.0,
                temporal_attention: bool = True, spatial_attention: bool = True,
                test_distance: str = "fused", test_parts=(), global_distance_weight: float = 0.3,
-               **kwargs):
+               trunk: str = "bn_inception", resnet_block_counts=(3, 4, 6, 3),
+               resnet_base_width: int = 64, resnet_last_stride: int = 2, **kwargs):
     kwargs.setdefault("name", "stal")
     super().__init__(**kwargs)
     self.num_classes = num_classes
@@ -178,16 +216,34 @@ class Stal(ConfigKeysMixin, keras.Model):
     self.test_distance = test_distance
     self.test_parts = tuple(test_parts)
     self.global_distance_weight = global_distance_weight
+    if trunk not in TRUNKS:
+      raise ValueError(f"stal trunk={trunk!r}; expected one of {TRUNKS}.")
+    self.trunk = trunk
+    self.resnet_block_counts = tuple(resnet_block_counts)
+    self.resnet_base_width = resnet_base_width
+    self.resnet_last_stride = resnet_last_stride
     d = width_divisor
-    low_channels = bn_inception.module_channels("4b", d)
-    pooled_channels = bn_inception.module_channels("5b", d)
 
     self.normalize = ClipNormalization("caffe", name="normalize")
-    self.low_level = bn_inception.low_level("4b", d, name="low_level")
-    self.trunk_4c = bn_inception.modules("4c", "4c", d, name="global_4c")
-    self.ran = (ResidualAttentionMask(bn_inception.module_channels("4c", d), d, name="ran")
+    if trunk == "bn_inception":
+      low_channels = bn_inception.module_channels("4b", d)
+      pooled_channels = bn_inception.module_channels("5b", d)
+      trunk_channels = bn_inception.module_channels("4c", d)
+      self.low_level = bn_inception.low_level("4b", d, name="low_level")
+      self.trunk_4c = bn_inception.modules("4c", "4c", d, name="global_4c")
+      self.high_level = bn_inception.modules("4d", "5b", d, name="global_4d_5b")
+    else:
+      # Table V's STAL + ResNet50 (module docstring): res1..res4 | res5 (global) | res5 copies.
+      low_channels = resnet3d.stage_output_channels("res4", resnet_base_width)
+      pooled_channels = resnet3d.stage_output_channels("res5", resnet_base_width)
+      trunk_channels = low_channels
+      common = {"block_counts": self.resnet_block_counts, "base_width": resnet_base_width}
+      self.low_level = resnet2d.resnet2d(last_stage="res4", name="low_level", **common)
+      self.trunk_4c = None
+      self.high_level = resnet2d.resnet2d(first_stage="res5", last_stride=resnet_last_stride,
+                                          name="global_res5", **common)
+    self.ran = (ResidualAttentionMask(trunk_channels, d, name="ran")
                 if residual_attention else None)
-    self.high_level = bn_inception.modules("4d", "5b", d, name="global_4d_5b")
     self.global_projection = (keras.layers.Dense(global_embedding_dim, name="global_fc")
                               if global_embedding_dim != pooled_channels else None)
     self.classifier_dropout = keras.layers.Dropout(dropout, name="dropout")
@@ -195,33 +251,55 @@ class Stal(ConfigKeysMixin, keras.Model):
     # One attribute per part network and classifier: checkpoints track attributes, not
     # lists of layers (`part_nets`, `part_classifiers` are views).
     for name in PART_NAMES:
-      setattr(self, f"part_{name}", keras.Sequential(
-          [bn_inception.modules("4c", "4e", d, name="inception"),
-           keras.layers.Flatten(name="flatten"),
-           keras.layers.Dense(local_embedding_dim, name="fc_part")], name=f"part_{name}"))
+      setattr(self, f"part_{name}", self._part_network(name, low_channels))
       setattr(self, f"classifier_{name}",
               keras.layers.Dense(num_classes, name=f"classifier_{name}"))
     self.stan = SpatialTemporalAttention(NUM_PARTS, bn_inception._width(attention_channels, d),  # pylint: disable=protected-access
                                          name="stan")
     # Every variable exists after construction (count_params, weight loading, optimizer).
-    frame = (None, None, None, 3)
     feature = (None, None, None, low_channels)
     self.normalize.build((None, None, None, None, 3))
-    self.low_level.build(frame)
-    self.trunk_4c.build(feature)
+    if trunk == "bn_inception":
+      self.low_level.build((None, None, None, 3))
+      self.trunk_4c.build(feature)
+      self.high_level.build((None, None, None, trunk_channels))
     if self.ran is not None:
       self.ran.build(feature)
-    self.high_level.build((None, None, None, bn_inception.module_channels("4c", d)))
     global_dim = pooled_channels
     if self.global_projection is not None:
       self.global_projection.build((None, pooled_channels))
       global_dim = global_embedding_dim
     self.classifier.build((None, global_dim))
     for net, head in zip(self.part_nets, self.part_classifiers):
-      net.build((None, pool_size, pool_size, low_channels))
+      if trunk == "bn_inception":
+        net.build((None, pool_size, pool_size, low_channels))
       head.build((None, local_embedding_dim))
     self.stan.build((None, None, None, None, low_channels))
     self.built = True
+
+  def _part_network(self, name: str, channels: int) -> keras.Model:
+    """One part network (eq. 1's F for part `name`) on its ROI-pooled [P, P, C] map:
+    4c_part, 4d_part, 4e_part and fc_part (Table I), or, on the ResNet-50 trunk, a copy of
+    res5 (first block stride 2, as 4e halves the bins) and fc_part."""
+    if self.trunk == "bn_inception":
+      return keras.Sequential(
+          [bn_inception.modules("4c", "4e", self.width_divisor, name="inception"),
+           keras.layers.Flatten(name="flatten"),
+           keras.layers.Dense(self.local_embedding_dim, name="fc_part")], name=f"part_{name}")
+    res5 = resnet2d.resnet2d(block_counts=self.resnet_block_counts,
+                             base_width=self.resnet_base_width, last_stride=2,
+                             first_stage="res5", name="res5")
+    regions = keras.Input((self.pool_size, self.pool_size, channels), name="regions")
+    y = keras.layers.Flatten(name="flatten")(res5(regions)["res5"])
+    y = keras.layers.Dense(self.local_embedding_dim, name="fc_part")(y)
+    return keras.Model(regions, y, name=f"part_{name}")
+
+  def pretrained_parts(self) -> list:
+    """The pieces that take ImageNet weights of the trunk (`build`): the low-level CNN, the
+    global branch and the part networks' inception or res5 copies."""
+    if self.trunk == "bn_inception":
+      return [self.low_level, self.trunk_4c, self.high_level] + self.part_nets
+    return [self.low_level, self.high_level] + [n.get_layer("res5") for n in self.part_nets]
 
   @property
   def part_nets(self) -> list:
@@ -248,14 +326,15 @@ class Stal(ConfigKeysMixin, keras.Model):
     shape = tf.shape(clips)
     batch, frames = shape[0], shape[1]
     x = tf.reshape(self.normalize(clips), [-1, height, width, 3])
-    low = self.low_level(x, training=training)                    # X^t [BT, h, w, C]
+    low = _endpoint(self.low_level(x, training=training), "res4")  # X^t [BT, h, w, C]
     h, w, c = low.shape[1], low.shape[2], low.shape[3]
 
-    # Global branch.
-    trunk = self.trunk_4c(low, training=training)
+    # Global branch: 4c + M * 4c, then 4d .. 5b (ResNet-50 trunk: X + M * X, then res5).
+    trunk = low if self.trunk_4c is None else self.trunk_4c(low, training=training)
     if self.ran is not None:
       trunk = trunk + self.ran(low, training=training) * trunk
-    pooled = tf.reduce_mean(self.high_level(trunk, training=training), axis=[1, 2])
+    high = _endpoint(self.high_level(trunk, training=training), "res5")
+    pooled = tf.reduce_mean(high, axis=[1, 2])
     if self.global_projection is not None:
       pooled = self.global_projection(pooled)
     frame_embedding = tf.reshape(tf.cast(pooled, tf.float32), [batch, frames, -1])
@@ -366,23 +445,37 @@ def model_kwargs(config) -> dict:
           "temporal_attention": section.temporal_attention,
           "spatial_attention": section.spatial_attention,
           "test_distance": section.test_distance, "test_parts": list(section.test_parts),
-          "global_distance_weight": section.global_distance_weight}
+          "global_distance_weight": section.global_distance_weight,
+          "trunk": BACKBONE_TRUNKS[config.model.backbone.name],
+          "resnet_block_counts": tuple(config.model.backbone.block_counts),
+          "resnet_base_width": config.model.backbone.base_width,
+          "resnet_last_stride": config.model.backbone.last_stride}
 
 
 def build(config, num_classes: int) -> Stal:
-  """The model of `config`; model.backbone.init=imagenet loads BN-Inception weights from
-  model.backbone.weights_path (`bn_inception.WEIGHTS_FORMAT`) into the low-level CNN, the
-  global branch and every part network's 4c-4e."""
+  """The model of `config`. model.backbone.init=imagenet loads ImageNet weights into the
+  low-level CNN, the global branch and every part network's copies: BN-Inception from
+  model.backbone.weights_path (`bn_inception.WEIGHTS_FORMAT`); ResNet-50 (resnet2d) from
+  model.backbone.weights_path (a Keras ResNet-50 weights file) or, when it is empty,
+  keras.applications."""
   validate_config(config)
   model = Stal(num_classes, **model_kwargs(config))
   backbone = config.model.backbone
-  if backbone.init == "imagenet":
-    if not backbone.weights_path:
-      raise ConfigError("model.backbone.init=imagenet for stal reads BN-Inception weights "
-                        "from model.backbone.weights_path (none can be downloaded), which "
-                        "is empty. Give a file in this format, or set "
-                        "model.backbone.init=none:\n" + bn_inception.WEIGHTS_FORMAT)
-    bn_inception.load_caffe_weights(
-        [model.low_level, model.trunk_4c, model.high_level] + model.part_nets,
-        backbone.weights_path)
+  if backbone.init != "imagenet":
+    return model
+  if model.trunk == "resnet50":
+    if backbone.weights_path:
+      table, source = resnet_weights.read_weights_file(backbone.weights_path), \
+          backbone.weights_path
+    else:
+      table, source = resnet_weights.imagenet_resnet50_weights(), "keras.applications"
+    for piece in model.pretrained_parts():
+      resnet_weights.load_2d_weights(piece, table, source)
+    return model
+  if not backbone.weights_path:
+    raise ConfigError("model.backbone.init=imagenet for stal reads BN-Inception weights "
+                      "from model.backbone.weights_path (none can be downloaded), which "
+                      "is empty. Give a file in this format, or set "
+                      "model.backbone.init=none:\n" + bn_inception.WEIGHTS_FORMAT)
+  bn_inception.load_caffe_weights(model.pretrained_parts(), backbone.weights_path)
   return model
