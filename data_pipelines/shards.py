@@ -10,8 +10,11 @@ pixels. `write_shards` turns an index into shards:
    shard: "train" shards hold only train tracklets, "test" shards the rest, "all" shards
    either (10-split datasets). The plan depends on the input and the options only.
 2. Encode. Each tracklet is read, every frame validated by decoding it (`cv2.imdecode`,
-   gray, EXIF orientation ignored as TensorFlow's decoders do) and its size recorded; a
-   missing, unreadable, empty or undecodable frame is skipped and listed; a tracklet left
+   gray, EXIF orientation ignored as TensorFlow's decoders do; OpenCV refuses a truncated
+   JPEG) and by the structural checks of `tfreid.data.image_check` (JPEG markers, segment
+   lengths, restart-marker order, end-of-image marker; PNG chunk CRCs: damage that libjpeg
+   only warns about and would decode), and its size recorded; a missing, unreadable,
+   empty, undecodable or damaged frame is skipped and listed; a tracklet left
    without frames is dropped and listed. JPEG frames are kept byte-for-byte and PNG frames
    as they are; any other image format (folder datasets), or a tracklet that mixes JPEG with
    other formats, is stored as lossless PNG of the decoded pixels (counted). Optional flow
@@ -49,6 +52,7 @@ import numpy as np
 
 from data_pipelines import keypoints as keypoints_lib
 from data_pipelines import optical_flow as flow_lib
+from tfreid.data import image_check
 from tfreid.data import schema
 
 STATE_NAME = ".convert_state.json"
@@ -341,8 +345,13 @@ def read_tracklet(root: str, spec: TrackletSpec, frame_offset: int, options: Enc
     if gray is None:
       result.skipped.append((rel, "does not decode (truncated or corrupt image)"))
       continue
+    fmt = sniff_format(data)
+    problem = image_check.frame_problem(data, fmt) if fmt != "other" else None
+    if problem is not None:
+      result.skipped.append((rel, f"damaged {fmt.upper()} file: {problem}"))
+      continue
     datas.append(data)
-    formats.append(sniff_format(data))
+    formats.append(fmt)
     grays.append(gray)
     positions.append(i)
   if not spec.frames:

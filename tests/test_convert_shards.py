@@ -181,3 +181,34 @@ def test_deterministic_and_worker_count_independent_with_progress(tmp_path, caps
   assert one == two
   with open(tmp_path / "two" / "manifest.json") as f:
     assert json.load(f) == one
+
+
+def test_damaged_source_jpegs_that_decode_with_warnings_are_skipped_and_named(tmp_path):
+  """libjpeg (OpenCV, TensorFlow) only warns about these and decodes them: bytes between
+  two marker segments, restart markers out of order."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  src, dst = tmp_path / "mars", tmp_path / "out"
+  paths = fakes.write_mars(str(src))
+  between = paths["train"][2][1]
+  data = fakes.read_bytes(str(src), between)
+  scan = data.index(b"\xff\xda")
+  fakes.write_file(os.path.join(src, *between.split("/")),
+                   data[:scan] + b"\x12\x34" + data[scan:])
+  restarts = paths["train"][2][3]
+  image = cv2.imdecode(np.frombuffer(fakes.read_bytes(str(src), restarts), np.uint8),
+                       cv2.IMREAD_COLOR)
+  data = bytearray(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_RST_INTERVAL, 1])[1])
+  data[data.index(b"\xff\xd0") + 1] = 0xD3
+  fakes.write_file(os.path.join(src, *restarts.split("/")), bytes(data))
+  for rel in (between, restarts):  # what OpenCV makes of them: an image
+    assert shards.decode_gray(fakes.read_bytes(str(src), rel)) is not None
+  manifest = _convert(src, dst)
+  reasons = {s["path"]: s["reason"] for s in manifest["skipped_frames"]}
+  marker = bytes(data).index(b"\xff\xd3")
+  assert reasons == {
+      between: f"damaged JPEG file: byte {scan} should start a marker and is 0x12",
+      restarts: f"damaged JPEG file: restart marker 3 at byte {marker} where 0 is due "
+                "(damaged compressed data)"}
+  rec = fakes.read_all(str(dst))[2]
+  assert rec["frame_names"] == [paths["train"][2][0], paths["train"][2][2]]
