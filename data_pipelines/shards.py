@@ -27,8 +27,9 @@ pixels. `write_shards` turns an index into shards:
 3. Write. A shard is written to `<file>.tmp`, flushed, synced and renamed, so a shard file
    is always complete. After each shard, `.convert_state.json` records its record count,
    byte size and what it found. A re-run with the same input and options verifies finished
-   shards (size, and the record count read from the TFRecord framing) and writes only the
-   others; a re-run with different input or options refuses unless asked to overwrite.
+   shards (`verify_shard`: size, every record's CRCs, offsets and tracklet ids, every
+   frame's structure) and writes the others, and any finished shard that fails, again (one line says which and why); a re-run
+   with different input or options refuses unless asked to overwrite.
 
 Besides the shards, per-tracklet facts (kept frames, size, byte offset of the record in its
 shard) come back in `ConversionResult` for the manifest and `tracklets.csv`.
@@ -609,14 +610,61 @@ def save_state(output_dir: str, state: dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
-def shard_is_complete(output_dir: str, entry: dict[str, Any]) -> bool:
-  """A finished shard is on disk with the recorded byte size and record count."""
+def verify_shard(output_dir: str, entry: dict[str, Any]) -> Optional[str]:
+  """What is wrong with a finished shard on disk, or None when it is what was written.
+
+  Checked against its state entry: the byte size; every record's framing and both of its
+  masked CRC-32Cs (as TFRecord readers check them); that the records start at the byte
+  offsets recorded for its tracklets (tracklets.csv) and hold those tracklet ids, in
+  order and none missing; and every frame with `tfreid.data.image_check` (a shard written
+  before those checks may hold a damaged source frame).
+  """
+  from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+  from tfreid.data import reader  # pylint: disable=import-outside-toplevel
   path = os.path.join(output_dir, entry["file"])
   try:
-    return (os.path.getsize(path) == entry["bytes"]
-            and count_records(path) == entry["num_records"])
-  except (OSError, ValueError):
-    return False
+    size = os.path.getsize(path)
+  except OSError:
+    return "it is missing"
+  if size != entry["bytes"]:
+    return f"it has {size} bytes where {entry['bytes']} were written"
+  expected = entry["tracklets"]  # [tid, frames, height, width, format, mixed, offset, kp]
+  pos = 0
+  with open(path, "rb") as f:
+    for i, (tid, _, _, _, fmt, _, offset, _) in enumerate(expected):
+      where = f"record {i} (tracklet {tid}) at byte {pos}"
+      if pos != offset:
+        return f"{where}: the conversion wrote it at byte {offset}"
+      header = f.read(12)
+      if len(header) < 12:
+        return f"{where}: the file ends inside it"
+      length, length_crc = struct.unpack("<QI", header)
+      if reader.masked_crc32c(header[:8]) != length_crc:
+        return f"{where}: its length fails its checksum"
+      if pos + 16 + length > size:
+        return f"{where}: it runs past the end of the file"
+      payload = f.read(length)
+      if reader.masked_crc32c(payload) != struct.unpack("<I", f.read(4))[0]:
+        return f"{where}: its data fails its checksum"
+      try:
+        feature = example_pb2.Example.FromString(payload).features.feature
+      except Exception:  # pylint: disable=broad-except
+        return f"{where}: it is not a tf.train.Example"
+      if list(feature[schema.TRACKLET_ID].int64_list.value) != [tid]:
+        return f"{where}: it holds tracklet {list(feature[schema.TRACKLET_ID].int64_list.value)}"
+      for t, frame in enumerate(feature[schema.FRAMES].bytes_list.value):
+        problem = image_check.frame_problem(frame, fmt)
+        if problem is not None:
+          return f"{where}: frame {t} is a damaged {fmt.upper()} image ({problem})"
+      pos += 16 + length
+  if pos != size:
+    return f"it holds more than the {len(expected)} records written"
+  return None
+
+
+def shard_is_complete(output_dir: str, entry: dict[str, Any]) -> bool:
+  """A finished shard is on disk as it was written (`verify_shard`)."""
+  return verify_shard(output_dir, entry) is None
 
 
 def remove_outputs(output_dir: str, state: Optional[dict[str, Any]]) -> None:
@@ -784,8 +832,13 @@ def write_shards(index: DatasetIndex, output_dir: str, *, options: EncodeOptions
   done = {}
   if state:
     for name, entry in state.get("shards", {}).items():
-      if name in in_plan and shard_is_complete(output_dir, entry):
+      if name not in in_plan:
+        continue
+      problem = verify_shard(output_dir, entry)
+      if problem is None:
         done[name] = entry
+      else:
+        log(f"re-converting {name}: {problem}")
   state = {"version": STATE_VERSION, "fingerprint": fingerprint, "plan": plan_files,
            "shards": done}
   save_state(output_dir, state)

@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import re
+import struct
 
 import pytest
 import tensorflow as tf
@@ -212,3 +214,61 @@ def test_damaged_source_jpegs_that_decode_with_warnings_are_skipped_and_named(tm
                 "(damaged compressed data)"}
   rec = fakes.read_all(str(dst))[2]
   assert rec["frame_names"] == [paths["train"][2][0], paths["train"][2][2]]
+
+
+def _reframe(path, offset, payload):
+  """Writes `payload` as the record at byte `offset` of a TFRecord file, with valid CRCs
+  (its length must be the old one's)."""
+  from tfreid.data import reader  # pylint: disable=import-outside-toplevel
+  header = struct.pack("<Q", len(payload))
+  record = (header + struct.pack("<I", reader.masked_crc32c(header)) + payload
+            + struct.pack("<I", reader.masked_crc32c(payload)))
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    f.write(record)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("byte", r"record 1 \(tracklet \d+\) at byte \d+: its data fails its checksum"),
+    ("length", r"record 0 \(tracklet \d+\) at byte 0: its length fails its checksum"),
+    ("frame", r"record 1 \(tracklet \d+\) at byte \d+: frame 0 is a damaged JPEG image "
+              r"\(its compressed data ends without an end-of-image marker \(truncated\)\)"),
+])
+def test_resume_reconverts_a_finished_shard_damaged_in_place(tmp_path, capsys, damage,
+                                                             reason):
+  """Same size, one byte or one frame changed: the rerun says so in one line and writes
+  the shard again, byte-identical to a clean conversion; the other shards are kept."""
+  src = tmp_path / "mars"
+  fakes.write_mars(str(src))
+  small = 6000 / 2**20
+  dst = tmp_path / "out"
+  manifest = _convert(src, dst, shard_size_mb=small)
+  want = _digest(dst)
+  assert len(manifest["shards"]) >= 3
+  shard = next(s for s in manifest["shards"] if s["num_records"] >= 2)
+  victim = str(dst / shard["file"])
+  offsets = [r[6] for r in shards.load_state(str(dst))["shards"][shard["file"]]["tracklets"]]
+  if damage == "byte":
+    data = bytearray(open(victim, "rb").read())
+    data[(offsets[1] + len(data)) // 2] ^= 0x01
+    open(victim, "wb").write(bytes(data))
+  elif damage == "length":
+    data = bytearray(open(victim, "rb").read())
+    data[8] ^= 0x01  # the length's CRC
+    open(victim, "wb").write(bytes(data))
+  else:  # the end-of-image marker of a frame zeroed, the record's CRCs made valid again
+    payload = bytearray(shards.read_record(victim, offsets[1]))
+    first_frame = bytes(fakes.parse_record(bytes(payload))["frames"][0])
+    at = bytes(payload).index(first_frame) + len(first_frame) - 2
+    payload[at:at + 2] = b"\x00\x00"
+    _reframe(victim, offsets[1], bytes(payload))
+  assert os.path.getsize(victim) == shard["bytes"] and _digest(dst) != want
+  others = [n for n in want if n.endswith(".tfrecord") and n != shard["file"]]
+  stamps = {n: os.stat(dst / n).st_mtime_ns for n in others}
+  capsys.readouterr()
+  _convert(src, dst, shard_size_mb=small)
+  lines = [l for l in capsys.readouterr().err.splitlines() if "re-converting" in l]
+  assert len(lines) == 1 and re.fullmatch(rf"re-converting {shard['file']}: {reason}",
+                                          lines[0]), lines
+  assert _digest(dst) == want
+  assert {n: os.stat(dst / n).st_mtime_ns for n in others} == stamps
