@@ -83,6 +83,19 @@ class DataConfig:
   # exactly the streams the model declares (`tfreid.models.input_streams`).
   # Skip (and count) corrupt records instead of failing.
   skip_corrupt: bool = False
+  # A "polluted" dataset (stal, Table VII and Fig. 13: a random 25 x 25 black box in every
+  # frame of iLIDS-VID, training and test sets alike). The side of the box in the stored
+  # frame's pixels (clipped to the frame); 0: off. Each frame's box is a fixed property of
+  # that frame, the same in every epoch, in training and test clips and in every split: its
+  # top-left corner is uniform over the positions where the box fits, drawn from a hash of
+  # (occlusion_seed, tracklet id, frame index) (the paper does not say how it placed them;
+  # this placement is the library's). The box is drawn last, after the crop, resize, flip
+  # and any erasing or jitter, as zeros in the output pixels that sample it. Keypoints and
+  # flow are left as converted. Export and serving do not draw it: they take the client's
+  # frames as they come (the box simulates occlusion in a benchmark, not in deployment), so
+  # an exported model's features on clean frames differ from evaluation's on polluted ones.
+  occlusion_box: int = 0
+  occlusion_seed: int = 0
   augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
 
   @property
@@ -107,6 +120,10 @@ class DataConfig:
     if self.test_seq_len < 0:
       raise ConfigError(f"data.test_seq_len must be >= 0 (0: data.seq_len), got "
                         f"{self.test_seq_len}.")
+    if self.occlusion_box < 0 or self.occlusion_seed < 0:
+      raise ConfigError(f"data.occlusion_box (side of the black box in source pixels, 0: "
+                        f"off) and data.occlusion_seed must be >= 0, got "
+                        f"{self.occlusion_box} and {self.occlusion_seed}.")
     _positive("data.test_sample_stride", self.test_sample_stride)
     if self.test_sample_stride > 1 and self.test_sampler != "dense":
       raise ConfigError(f"data.test_sample_stride={self.test_sample_stride} needs "

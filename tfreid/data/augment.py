@@ -31,6 +31,14 @@ from outside the frame). They combine, in this order:
    mean grey, saturation around each pixel's grey, grey = 0.299 R + 0.587 G + 0.114 B),
    rounded back to uint8. This is the only float pass and runs only when s > 0.
 
+7. Occlusion box (data.occlusion_box, stal's polluted protocol, Table VII), training and
+   test alike: a black square of that side in the source frame, placed per frame by
+   `occlusion_boxes` (a hash of the seed, tracklet id and frame index: the same box for a
+   frame in every epoch and in every clip that holds it). Output pixels whose source pixel
+   (rows[i], cols[j]) lies in the box are 0, which, with nearest-neighbour resampling, is
+   the clip of the frame polluted before decoding. It is drawn last (over erasing and
+   jitter); keypoints and flow are unchanged.
+
 The source pixels are those of the whole decoded frame. For a JPEG frame and a crop window
 only the window's rows are decoded, at full width (`tf.io.decode_and_crop_jpeg` of the
 band `[y0, 0, ch, w]`); libjpeg-turbo decodes such a band to exactly the rows of the full
@@ -114,6 +122,8 @@ class ClipSpec:
       the XLA-compiled path. None: always the plain path.
     formats: frame formats that can occur ("jpeg", "png").
     flow_scale: manifest["flow"]["scale"] (flow quantisation).
+    occlusion_box, occlusion_seed: the polluted protocol (item 7 of the module docstring;
+      data.occlusion_box), on in training and test clips alike.
   """
   height: int
   width: int
@@ -126,6 +136,8 @@ class ClipSpec:
   static_size: Optional[tuple[int, int]] = None
   formats: tuple[str, ...] = ("jpeg",)
   flow_scale: float = 1.0
+  occlusion_box: int = 0
+  occlusion_seed: int = 0
 
   @classmethod
   def from_config(cls, data_config, training: bool, **kwargs) -> "ClipSpec":
@@ -138,8 +150,10 @@ class ClipSpec:
                     random_erasing=aug.random_erasing, color_jitter=aug.color_jitter)
     seq_len = data_config.seq_len if training else (
         getattr(data_config, "test_seq_len", 0) or data_config.seq_len)
+    occlusion = dict(occlusion_box=getattr(data_config, "occlusion_box", 0),
+                     occlusion_seed=getattr(data_config, "occlusion_seed", 0))
     return cls(height=data_config.height, width=data_config.width,
-               seq_len=seq_len, **random, **kwargs)
+               seq_len=seq_len, **random, **occlusion, **kwargs)
 
   @property
   def random(self) -> bool:
@@ -568,17 +582,69 @@ def _rgb(frames, png: bool, params, spec: ClipSpec, plan: Optional[ClipPlan]):
                  lambda: generic_call(frames, sizes, params))
 
 
-def rgb_clip(frames, is_png, params, spec: ClipSpec, plan: Optional[ClipPlan] = None
-             ) -> tuple[tf.Tensor, tf.Tensor]:
+def occlusion_boxes(frame_keys, sizes, side: int, seed: int = 0) -> tf.Tensor:
+  """int32 [T, 4] (y0, y1, x0, x1): the polluted protocol's box of each frame (item 7).
+
+  Args:
+    frame_keys: int [T, 2] (tracklet id, frame index in its tracklet).
+    sizes: int [T, 2] (height, width) of the stored frames.
+    side: the box's side in source pixels (clipped to the frame).
+    seed: data.occlusion_seed.
+
+  The corner is uniform over the positions where the box fits: (y0, x0) = floor(u * (h -
+  side + 1), v * (w - side + 1)) with u, v the first two 24-bit groups of the FarmHash64
+  fingerprint (`tf.fingerprint`, the same on every platform) of (seed, tracklet id, frame
+  index) over 2^24: a fixed function of the frame, whatever clip, epoch or split holds it.
+  """
+  keys = tf.cast(frame_keys, tf.int64)
+  data = tf.concat([tf.fill([tf.shape(keys)[0], 1], tf.constant(seed, tf.int64)), keys], 1)
+  b = tf.cast(tf.fingerprint(data), tf.float32)                   # [T, 8] bytes
+  scale = tf.constant([65536.0, 256.0, 1.0])
+  u = tf.reduce_sum(b[:, 0:3] * scale, 1) / 16777216.0
+  v = tf.reduce_sum(b[:, 3:6] * scale, 1) / 16777216.0
+  sizes = tf.cast(sizes, tf.int32)
+  sh = tf.minimum(side, sizes[:, 0])
+  sw = tf.minimum(side, sizes[:, 1])
+  y0 = tf.cast(tf.floor(u * tf.cast(sizes[:, 0] - sh + 1, tf.float32)), tf.int32)
+  x0 = tf.cast(tf.floor(v * tf.cast(sizes[:, 1] - sw + 1, tf.float32)), tf.int32)
+  return tf.stack([y0, y0 + sh, x0, x0 + sw], 1)
+
+
+def occlude(clip, boxes, windows, params, spec: ClipSpec) -> tf.Tensor:
+  """uint8 [T, H, W, 3] with 0 wherever an output pixel samples its frame's box ([T, 4]
+  source-pixel (y0, y1, x0, x1); `windows` [T, 4] and `params` as given to the clip)."""
+  rows, cols = sample_maps(windows, params, spec)                 # [T, H], [T, W]
+  boxes = tf.cast(boxes, tf.int32)
+  in_rows = (rows >= boxes[:, 0:1]) & (rows < boxes[:, 1:2])
+  in_cols = (cols >= boxes[:, 2:3]) & (cols < boxes[:, 3:4])
+  inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+  return tf.where(inside, tf.zeros_like(clip), clip)
+
+
+def _frame_sizes(frames, is_png, spec: ClipSpec) -> tf.Tensor:
+  """[T, 2] (height, width) of the encoded frames, from their headers."""
+  if spec.formats == ("png",):
+    return png_sizes(frames)
+  if "png" not in spec.formats:
+    return jpeg_sizes(frames, spec.seq_len)
+  return tf.cond(is_png, lambda: png_sizes(frames), lambda: jpeg_sizes(frames, spec.seq_len))
+
+
+def rgb_clip(frames, is_png, params, spec: ClipSpec, plan: Optional[ClipPlan] = None,
+             frame_keys=None) -> tuple[tf.Tensor, tf.Tensor]:
   """Decodes and augments T encoded frames ([T] string) into uint8 [T, H, W, 3].
 
   Returns (clip, windows): windows [T, 4] int32 (y0, x0, ch, cw) per frame, for the
   keypoints. `is_png` (scalar bool) chooses the decoder when `spec.formats` has both.
   `plan`: the clip's `plan_clips(params, spec)` when the caller computed it ahead (the
   training pipeline does, for a whole epoch); used only when every frame has
-  `spec.static_size`.
+  `spec.static_size`. `frame_keys` int [T, 2] (tracklet id, frame index): required when
+  `spec.occlusion_box` > 0 (`occlusion_boxes`).
   """
   frames = tf.ensure_shape(frames, [spec.seq_len])
+  if spec.occlusion_box > 0 and frame_keys is None:
+    raise ValueError("rgb_clip: data.occlusion_box is on, so frame_keys [T, 2] (tracklet "
+                     "id, frame index) must say which frames these are.")
   if spec.formats == ("png",):
     clip, windows = _rgb(frames, True, params, spec, plan)
   elif "png" not in spec.formats:
@@ -593,6 +659,11 @@ def rgb_clip(frames, is_png, params, spec: ClipSpec, plan: Optional[ClipPlan] = 
                    lambda: _apply_masks(clip, *pixel_masks(params["erase_box"], spec),
                                         _masked_xla),
                    lambda: clip)
+  if spec.occlusion_box > 0:
+    boxes = occlusion_boxes(frame_keys, _frame_sizes(frames, is_png, spec),
+                            spec.occlusion_box, spec.occlusion_seed)
+    clip = occlude(tf.ensure_shape(clip, [spec.seq_len, spec.height, spec.width, 3]), boxes,
+                   windows, params, spec)
   return tf.ensure_shape(clip, [spec.seq_len, spec.height, spec.width, 3]), windows
 
 

@@ -26,6 +26,10 @@ identities from the tracklets in them; when there are fewer shard files than pip
 every pipeline reads every shard and takes the identities p, p + n, ... of the sorted
 identity list instead.
 
+Training and test clips alike carry the polluted protocol's black box when
+data.occlusion_box > 0 (stal's Table VII; augment.py item 7): each clip knows its frames'
+(tracklet id, frame index), which fix each frame's box.
+
 Test (`make_test_dataset`): every clip of every tracklet of a partition
 (data.test_sampler, frames data.test_sample_stride apart), resized to (H, W), batched by
 data.test_batch_size. A record is read once and its clips are produced one by one, so a
@@ -184,6 +188,7 @@ class _Tables:
 
   def __init__(self, index: reader.TrackletIndex):
     self.num_frames = tf.constant(index.num_frames, tf.int64)
+    self.tracklet_id = tf.constant(index.tracklet_ids, tf.int64)
     self.pid = tf.constant(index.pids, tf.int32)
     self.camid = tf.constant(index.camids, tf.int32)
     self.label = tf.constant(index.labels, tf.int32)
@@ -252,20 +257,27 @@ def _read_tracklet(records: reader.RecordReader, data, row) -> dict:
 def _meta(tables: _Tables, rows) -> dict:
   """What a clip carries about its tracklet (rows: scalar or [N])."""
   return {"is_png": tf.gather(tables.is_png, rows), "labels": tf.gather(tables.label, rows),
-          "pids": tf.gather(tables.pid, rows), "camids": tf.gather(tables.camid, rows)}
+          "pids": tf.gather(tables.pid, rows), "camids": tf.gather(tables.camid, rows),
+          "tracklet_id": tf.gather(tables.tracklet_id, rows)}
 
 
-def _decode(arrays, meta, params, plan, data, spec: augment.ClipSpec):
+def _decode(arrays, meta, params, plan, data, spec: augment.ClipSpec, frame_index=None):
   """Decoded, augmented clip (+flow, keypoints) of a clip's streams (`_read_clips`).
 
   `meta`: `_meta` of its tracklet. `plan`: the clip's augment.ClipPlan, or None to compute
-  it here. An invalid clip (an unreadable record, skipped with data.skip_corrupt) becomes
+  it here. `frame_index` [T]: the clip's frames in their tracklet (the polluted protocol's
+  box of each frame, data.occlusion_box). An invalid clip (an unreadable record, skipped with data.skip_corrupt) becomes
   zeros, which the caller filters out by `valid`.
   """
   t, h, w = spec.seq_len, spec.height, spec.width
 
   def real():
-    clip, windows = augment.rgb_clip(arrays["frames"], meta["is_png"], params, spec, plan)
+    keys = None
+    if spec.occlusion_box > 0:
+      index = tf.cast(frame_index, tf.int64)
+      keys = tf.stack([tf.fill(tf.shape(index), meta["tracklet_id"]), index], 1)
+    clip, windows = augment.rgb_clip(arrays["frames"], meta["is_png"], params, spec, plan,
+                                     keys)
     out = {"clips": clip}
     if data.use_flow:
       out["flow"] = augment.flow_clip(arrays["flow"], params, spec)
@@ -422,12 +434,13 @@ def _train_dataset(index: reader.TrackletIndex, data, seed: int,
   def read(group):
     """The streams of a group of clips, read in one call (reader.RecordReader)."""
     group = dict(group)
-    group["arrays"] = _read_clips(records, data, group.pop("row"), group.pop("frame_index"))
+    group["arrays"] = _read_clips(records, data, group.pop("row"), group["frame_index"])
     return group
 
   def clip(element):
     plan = augment.ClipPlan.from_dict(element["plan"]) if "plan" in element else None
-    return _decode(element["arrays"], element["meta"], element["params"], plan, data, spec)
+    return _decode(element["arrays"], element["meta"], element["params"], plan, data, spec,
+                   element["frame_index"])
 
   # A global step takes one per-replica batch from this pipeline for each of its replicas;
   # an epoch holds ids_per_epoch / p_replica of them. A stream that starts at a later step
@@ -553,7 +566,7 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
     def one(frame_index):
       clip = {key: tf.gather(v, frame_index) for key, v in arrays.items() if key != "valid"}
       clip["valid"] = arrays["valid"]
-      return {"arrays": clip, "row": row, "meta": meta}
+      return {"arrays": clip, "row": row, "meta": meta, "frame_index": frame_index}
 
     return tf.data.Dataset.from_tensor_slices(clip_index).map(_plain(one))
 
@@ -566,7 +579,7 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
   plan = augment.plan_clips(params, spec) if spec.static_size is not None else None
 
   def decode(el):
-    out = _decode(el["arrays"], el["meta"], params, plan, data, spec)
+    out = _decode(el["arrays"], el["meta"], params, plan, data, spec, el["frame_index"])
     out["index"] = el["row"]
     return out
 
