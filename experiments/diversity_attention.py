@@ -54,21 +54,47 @@ Library choices (the paper does not give them):
   the PRID2011, iLIDS-VID and MARS training sets.
 - Evaluation: both MARS protocols (the paper predates torchreid; `--protocol=mars_matlab`).
 
-Paper's reported results, rank-1 PRID2011 / iLIDS-VID / MARS (MARS mAP):
+Paper's reported results, rank-1 PRID2011 / iLIDS-VID / MARS (MARS mAP), and the command of
+each row on MARS (T as above; I = --override=trainer.init_checkpoint=; the OIM table, as well
+as the model, carries over along each chain):
   table 1 (component analysis):
-    baseline        Baseline               82.7 / 61.2 / 73.4 (58.1)
-    spatial_noreg   SpaAtn                 84.2 / 64.9 / 74.5 (59.3)
-    spatial_lin     SpaAtn+Q' (eq. 10)     86.5 / 64.5 / 74.0 (58.2)
-    spatial         SpaAtn+Q (eq. 9)       86.7 / 68.6 / 77.0 (60.9)
-    maxpool         SpaAtn+Q+MaxPool       86.9 / 68.2 / 76.8 (60.5)
-    temporal        SpaAtn+Q+TemAtn        88.4 / 69.7 / 77.1 (61.2)
-    "" / ilidsvid / prid2011
-                    SpaAtn+Q+TemAtn+Ind    93.2 / 80.2 / 82.3 (65.8)
-  table 2 (K spatial attention models, full model before Ind; rank-1):
-    k1  86.2 / 64.7 / 76.0      k2  83.4 / 64.6 / 75.7      k4  86.9 / 64.6 / 77.2
-    temporal (K = 6)  88.4 / 69.7 / 77.1                    k8  88.0 / 66.9 / 76.7
-  The spatial stage of a K row is `spatial` with the same K:
-    --experiment=diversity_attention:spatial --override=model.diversity_attention.num_parts=4
+    Baseline             82.7 / 61.2 / 73.4 (58.1)
+        $T --experiment=diversity_attention:baseline --model_dir=runs/drsa_baseline
+    SpaAtn               84.2 / 64.9 / 74.5 (59.3)
+        $T --experiment=diversity_attention:spatial_noreg --model_dir=runs/drsa_spatial_noreg
+           $I=runs/drsa_baseline
+    SpaAtn+Q' (eq. 10)   86.5 / 64.5 / 74.0 (58.2)
+        $T --experiment=diversity_attention:spatial_lin --model_dir=runs/drsa_spatial_lin
+           $I=runs/drsa_baseline
+    SpaAtn+Q (eq. 9)     86.7 / 68.6 / 77.0 (60.9)
+        $T --experiment=diversity_attention:spatial --model_dir=runs/drsa_spatial
+           $I=runs/drsa_baseline
+    SpaAtn+Q+MaxPool     86.9 / 68.2 / 76.8 (60.5)
+        $T --experiment=diversity_attention:maxpool --model_dir=runs/drsa_maxpool
+           $I=runs/drsa_spatial
+    SpaAtn+Q+TemAtn      88.4 / 69.7 / 77.1 (61.2)
+        $T --experiment=diversity_attention:temporal --model_dir=runs/drsa_temporal
+           $I=runs/drsa_spatial
+    SpaAtn+Q+TemAtn+Ind  93.2 / 80.2 / 82.3 (65.8)
+        MARS:      $T --experiment=diversity_attention --model_dir=runs/drsa
+                      $I=runs/drsa_temporal
+        iLIDS-VID: python -m tfreid.splits --experiment=diversity_attention:ilidsvid
+                      --data_dir=DATA/ilidsvid --model_dir=runs/drsa_ilidsvid $I=runs/drsa_temporal
+        PRID2011:  the same with :prid2011, DATA/prid2011, runs/drsa_prid2011
+  table 2 (K spatial attention models, the temporal stage, before Ind; rank-1 only):
+    K = 1  86.2 / 64.7 / 76.0   k1
+    K = 2  83.4 / 64.6 / 75.7   k2
+    K = 4  86.9 / 64.6 / 77.2   k4
+    K = 6  88.4 / 69.7 / 77.1   temporal (table 1's SpaAtn+Q+TemAtn row)
+    K = 8  88.0 / 66.9 / 76.7   k8
+  A K row's chain has a spatial stage with the same K (K = 4 shown; the attention layers of a
+  run with another K have other shapes and would not be restored):
+        $T --experiment=diversity_attention:spatial --model_dir=runs/drsa_spatial_k4
+           --override=model.diversity_attention.num_parts=4 $I=runs/drsa_baseline
+        $T --experiment=diversity_attention:k4 --model_dir=runs/drsa_k4 $I=runs/drsa_spatial_k4
+  The paper trains stages (b)-(d) jointly on the three datasets and reports each row on each;
+  here every chain runs on one --data_dir (DATA/ilidsvid or DATA/prid2011 instead of
+  DATA/mars gives their single-split rows, split 0; tfreid.splits runs all 10 splits).
 
 Variants:
   ""            stage (e), the paper's model: everything trained, from the `temporal` run.
@@ -178,6 +204,9 @@ def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
   c.optimizer = cfg.OptimizerConfig(name="adam", learning_rate=1e-3, weight_decay=5e-4,
                                     weight_decay_mode="l2")
   _stage_schedule(c, 50, 1e-3)
+  # Without XLA (library choice): on a 2-core CPU the compiled step of this small model was
+  # slower (benchmarks/train_step.py, default batch: 734 ms with XLA, 269 ms without).
+  c.runtime.jit_compile = False
   c.trainer.checkpoint_every_steps = 100
   c.trainer.log_every_steps = 5
   c.trainer.image_summary_every_steps = 100
