@@ -161,3 +161,17 @@ def test_wrong_feature_dimension_is_an_error():
   term = losses.OIMLoss(num_classes=3, embedding_dim=4)
   with pytest.raises(ValueError, match=r"\[B, 4\]"):
     term({"embedding": tf.ones([2, 5])}, {"labels": tf.constant([0, 1])})
+
+
+def test_oim_hand_computed_cases():
+  """V = I_2. Scale 1, z = e_1, y = 0: L = log(1 + e^-1). Scale 30, z = (0.6, 0.8), y = 0:
+  logits (18, 24), L = log(1 + e^6). Update with momentum 0.5: v_0 = normalise((0.8, 0.4))
+  = (2, 1) / sqrt(5)."""
+  for scale, z, want in ((1.0, [1.0, 0.0], 0.31326169), (30.0, [0.6, 0.8], 6.00247569)):
+    term = losses.OIMLoss(num_classes=2, embedding_dim=2, scale=scale, momentum=0.5)
+    term.table.assign(np.eye(2, dtype=np.float32))
+    outputs, batch = {"embedding": tf.constant([z])}, {"labels": tf.constant([0])}
+    assert float(term(outputs, batch)) == pytest.approx(want, rel=1e-6)
+  term.update(outputs, batch)
+  np.testing.assert_allclose(term.table.numpy(), [[2 / 5 ** 0.5, 1 / 5 ** 0.5], [0.0, 1.0]],
+                             atol=1e-6)
