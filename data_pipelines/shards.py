@@ -28,8 +28,9 @@ pixels. `write_shards` turns an index into shards:
    is always complete. After each shard, `.convert_state.json` records its record count,
    byte size and what it found. A re-run with the same input and options verifies finished
    shards (`verify_shard`: size, every record's CRCs, offsets and tracklet ids, every
-   frame's structure) and writes the others, and any finished shard that fails, again (one line says which and why); a re-run
-   with different input or options refuses unless asked to overwrite.
+   frame's structure) and writes the others, and again any finished shard that fails
+   (one line says which and why); a re-run with different input or options refuses
+   unless asked to overwrite.
 
 Besides the shards, per-tracklet facts (kept frames, size, byte offset of the record in its
 shard) come back in `ConversionResult` for the manifest and `tracklets.csv`.

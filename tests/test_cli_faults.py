@@ -1,7 +1,8 @@
 """Faults and bad input: every error path ends promptly with one message and a non-zero
 code, no second writer on a run directory, no path outside the run or dataset folders from
 names in data files, numbers in any notation, non-finite numbers refused, debris of an
-interrupted save removed, corrupt test records skipped and counted."""
+interrupted save removed, corrupt test records skipped and counted, damaged frames inside
+valid records named, a full disk ends a run with code 4 and loses no checkpoint or report."""
 
 import json
 import os
@@ -250,3 +251,68 @@ def test_damaged_frames_are_skipped_and_counted_with_skip_corrupt(trained, tiny_
   assert record["skipped"]["query"] == ["1 unreadable record(s) left out"], record["skipped"]
   with open(tmp_path / "skip" / "metrics.json") as f:
     assert json.load(f)["skipped"] == record["skipped"]
+
+
+# ----------------------------------------------------------------------------- disk full
+
+# Runs an entry point with the Nth checkpoint save (N = argv[1]) replaced by a write that
+# the kernel refuses with ENOSPC: TensorFlow's file layer writing to /dev/full, the error a
+# checkpoint save meets on a full disk.
+_FULL_DISK_AT_SAVE = """
+import runpy, sys
+import tensorflow as tf
+from tfreid.training import checkpoints
+fail_at = int(sys.argv.pop(1))
+real_save, calls = checkpoints.CheckpointKeeper.save, []
+def save(self, step):
+  calls.append(step)
+  if len(calls) == fail_at:
+    with tf.io.gfile.GFile("/dev/full", "wb") as f:
+      f.write(b"\\0" * (1 << 20))
+  return real_save(self, step)
+checkpoints.CheckpointKeeper.save = save
+sys.argv[0] = "tfreid.train"
+runpy.run_module("tfreid.train", run_name="__main__")
+"""
+
+
+def test_disk_full_while_saving_a_checkpoint_ends_train_with_code_4(tiny_data, tmp_path):
+  model_dir = tmp_path / "run"
+  args = cli(model_dir, tiny_data, "runtime.jit_compile=false",
+             "trainer.checkpoint_every_steps=2")[3:]
+  proc = subprocess.run([sys.executable, "-c", _FULL_DISK_AT_SAVE, "2"] + args, cwd=REPO,
+                        env=_env(), capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 4, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: no space left on the device while writing; free some space and run the same "
+      "command to resume from the last checkpoint."), proc.stderr[-2000:]
+  # The checkpoint saved before is the latest, whole: every variable reads back.
+  latest = tf.train.latest_checkpoint(str(model_dir))
+  assert latest is not None and latest.endswith("ckpt-2"), os.listdir(model_dir)
+  saved = tf.train.load_checkpoint(latest)
+  names = [n for n, _ in tf.train.list_variables(latest)]
+  assert len(names) > 10 and all(saved.get_tensor(n) is not None for n in names)
+  assert not [n for n in os.listdir(model_dir) if "_temp" in n or n.endswith(".tmp")]
+
+
+def test_disk_full_while_writing_metrics_ends_evaluate_with_code_4(trained, tmp_path):
+  """A real ENOSPC from the kernel: metrics.json's temporary file is /dev/full. The
+  metrics.json of the evaluation before stays as it was."""
+  out = tmp_path / "eval"
+  args = [sys.executable, "-m", "tfreid.evaluate", f"--model_dir={trained['model_dir']}",
+          f"--output_dir={out}", "--override=data.skip_corrupt=true"]
+  proc = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True,
+                        timeout=240)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  before = (out / "metrics.json").read_bytes()
+  os.symlink("/dev/full", out / "metrics.json.tmp")
+  proc = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True,
+                        timeout=240)
+  assert proc.returncode == 4, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: no space left on the device ([Errno 28] No space left on "
+                         "device") and last.endswith(
+                             "free some space and run the same command to resume."), last
+  assert (out / "metrics.json").read_bytes() == before
