@@ -43,24 +43,48 @@ Variants (table VII: iLIDS-VID rank-1 / rank-5 / mAP; all on `ilidsvid`'s recipe
                    policy still samples around an untrained mean).
   no_flow          w/o optical flow, 84.8 / 96.8 / 88.7 (`model.a3d.use_flow=false`: clips
                    only, any dataset).
+  qan              QAN*, 85.8 / 98.1 / 91.0 (`model.a3d.attention=qan`: the agent replaced by
+                   a per-frame quality sigmoid(FC(frame mean of g)) and the quality-weighted
+                   mean over frames; no RL term).
+  separate_attention
+                   separate attention*, 86.3 / 98.3 / 91.5 (`model.a3d.attention=separate`:
+                   a per-frame spatial softmax of a 1 x 1 convolution of g, then QAN*'s
+                   temporal quality pooling; no RL term). Both rows are only named in the
+                   paper (section IV-C); the layers are the library's reading
+                   (tfreid/layers/quality_pooling.py).
   glimpses1, glimpses2, glimpses4
                    table VIII (number of steps): 86.8 / 98.5 / 91.8, 87.4 / 98.3 / 92.2,
                    87.9 / 98.6 / 92.5 (`model.a3d.num_glimpses=N`).
-  bin size (figs. 5-6, plotted only: above 87 % rank-1 except for tiny bins):
-                   `--override=model.a3d.bin_size=[L,H,W]` on `ilidsvid`, e.g. [2,6,3]
-                   (fig. 5, temporal length 2) or [4,4,2] (fig. 6).
+  bin_t1 .. bin_t6 fig. 5: bins of temporal length 1..6 and spatial size 6 x 3
+                   (`model.a3d.bin_size=[L,6,3]`; bin_t4 is the proposed 4 x 6 x 3). The
+                   figure is a plot: "generally robust", longer bins lower (no numbers).
+  bin_h{2,4,6,8}w{1,2,3,4}
+                   fig. 6: spatial size H_a x W_a at temporal length 4
+                   (`model.a3d.bin_size=[4,H,W]`); the plot shows above 87 % rank-1 "except
+                   for too small attention regions"; the sizes it plots are not in the text,
+                   so this grid (up to half the 16 x 8 map) is the library's.
   synthetic        narrow network at 64 x 32, 4-frame clips (g: 4 x 4 x 2, bins 2 x 2 x 1) on
                    the built-in synthetic dataset converted with --optical_flow
                    (`make quickstart EXPERIMENT=a3d:synthetic`).
-Not built: table VII's "QAN*" and "separate attention*" rows (underspecified in the paper).
+
+Options without a table row: `--override=model.a3d.num_episodes=M` samples M episodes of the
+agent per clip (eq. 12's M; the paper does not give it, the default is 1);
+`--override=model.a3d.policy_gradient_scope=all` lets the REINFORCE gradient reach the
+backbones (default `agent`: eq. 9's theta, the agent's layers only), `location_head` keeps it
+to fc_att.
 """
 
 from experiments import nonlocal_i3d
 from tfreid import config as cfg
 from tfreid.losses import cross_entropy, reinforce, triplet
 
+FIG5_TEMPORAL_LENGTHS = (1, 2, 3, 4, 5, 6)
+FIG6_HEIGHTS, FIG6_WIDTHS = (2, 4, 6, 8), (1, 2, 3, 4)
+BIN_VARIANTS = {**{f"bin_t{t}": [t, 6, 3] for t in FIG5_TEMPORAL_LENGTHS},
+                **{f"bin_h{h}w{w}": [4, h, w] for h in FIG6_HEIGHTS for w in FIG6_WIDTHS}}
 VARIANTS = ("", "ilidsvid", "prid2011", "no_attention", "random_attention", "no_rnn",
-            "no_rl", "no_flow", "glimpses1", "glimpses2", "glimpses4", "synthetic")
+            "no_rl", "no_flow", "qan", "separate_attention", "glimpses1", "glimpses2",
+            "glimpses4") + tuple(BIN_VARIANTS) + ("synthetic",)
 
 
 def paper_config() -> cfg.ExperimentConfig:
@@ -145,4 +169,9 @@ def get_config(variant: str = "") -> cfg.ExperimentConfig:
     c.losses.reinforce.weight = 0.0
   elif variant == "no_flow":
     section.use_flow = False
+  elif variant in ("qan", "separate_attention"):
+    section.attention = "qan" if variant == "qan" else "separate"
+    del c.losses.reinforce
+  elif variant in BIN_VARIANTS:
+    section.bin_size = list(BIN_VARIANTS[variant])
   return c

@@ -326,7 +326,44 @@ def _max(grads, part):
   return grads[part]
 
 
-@pytest.mark.parametrize("scope", ["all", "location_head"])
+AGENT_LAYERS = ("fc1_feat", "fc2_feat", "fc1_att", "fc2_att", "fc_i2h", "fc_h2h", "fc_att")
+BACKBONE = ("trunk", "rgb", "flow")
+
+
+def _rl_gradients(model, x):
+  return _grads(model, x, lambda o: reinforce.reinforce_surrogate(
+      o["a3d_log_prob"], tf.constant([1.0, -1.0])))
+
+
+def test_default_policy_gradient_trains_the_agent_and_stops_at_g():
+  """Eq. 9: theta is the agent's parameters; the representation network is trained by the
+  supervised losses only (alg. 1, lines 13-15). The policy gradient reaches every layer of
+  F_o, F_h and F_a (F_o's location branch only from glimpse 2 on: its input is stopped)
+  and none of the backbones."""
+  model = tiny_model()
+  assert model.agent.policy_gradient_scope == "agent"
+  x = tiny_inputs()
+  rl = _rl_gradients(model, x)
+  assert all(rl[p] > 0 for p in AGENT_LAYERS), rl
+  assert all(rl[p] == 0.0 for p in BACKBONE + ("classifier", "fc_v")), rl
+  ce = _grads(model, x, lambda o: cross_entropy.label_smoothed_cross_entropy(
+      o["logits"], tf.constant([1, 3]), 0.0))
+  assert all(ce[p] > 0 for p in BACKBONE + ("fc1_feat", "fc_i2h", "classifier")), ce
+
+
+def test_gradient_scope_changes_no_forward_value():
+  """The stopped-feature pass of scope agent is the same recurrence: the same means, log
+  probabilities, actions and features as scope all, for the same seed and weights."""
+  x = tiny_inputs(b=3)
+  agent = tiny_model(policy_gradient_scope="agent", num_glimpses=4)
+  every = tiny_model(policy_gradient_scope="all", num_glimpses=4)
+  every.set_weights(agent.get_weights())
+  one, two = agent(x, training=True), every(x, training=True)
+  for key in ("a3d_log_prob", "a3d_locations", "embedding", "a3d_value"):
+    np.testing.assert_array_equal(one[key].numpy(), two[key].numpy())
+
+
+@pytest.mark.parametrize("scope", ["agent", "all", "location_head"])
 def test_gradient_routing(scope):
   model = tiny_model(policy_gradient_scope=scope)
   x = tiny_inputs()
@@ -339,7 +376,7 @@ def test_gradient_routing(scope):
       o["a3d_log_prob"], tf.constant([1.0, -1.0])))
   assert _max(rl, "fc_att") > 0 and _max(rl, "fc_v") == 0.0
   assert (_max(rl, "trunk") > 0) == (scope == "all")
-  assert (_max(rl, "fc_i2h") > 0) == (scope == "all")
+  assert (_max(rl, "fc_i2h") > 0) == (scope != "location_head")
   value = _grads(model, x, lambda o: reinforce.value_loss(o["a3d_value"],
                                                            tf.constant([1.0, 0.0])))
   assert {p for p, v in value.items() if v > 0} == {"fc_v"}
@@ -362,9 +399,169 @@ def test_inference_is_deterministic_and_follows_the_mean():
   before = single(x, training=False)["embedding"].numpy()
   single.agent.fc_att.kernel.assign(single.agent.fc_att.kernel * 0 + 5.0)
   np.testing.assert_array_equal(single(x, training=False)["embedding"].numpy(), before)
-  # The bins are drawn on the frames for TensorBoard.
-  drawn = one["attention_bins"].numpy()
-  assert drawn.shape == (2, 3, 32, 16) and 0 <= drawn.min() and drawn.max() <= 1
+  # The bins are drawn on the frames for TensorBoard (the visualize hook): the frames, then
+  # the frames with the boxes, side by side (clip_strip: 1-pixel gaps).
+  drawn = model.attention_overlays(x, one)["a3d_bins"].numpy()
+  assert drawn.shape == (2, 2 * 32 + 1, 3 * 16 + 2, 3)
+  assert 0 <= drawn.min() and drawn.max() <= 1
+
+
+def test_bin_boxes_on_the_frames_their_bins_cover():
+  """The paper's grid (6 x 16 x 8, bins 4 x 6 x 3) at the centre corner (1, 5, 3): rows
+  5..10 of 16 and columns 3..5 of 8 on frames 1-4; frames 0 and 5 get no box. A bin at
+  corner (0, 0, 0) of a 2-frame map for 4 frames covers feature step 0 = frames 0 and 1."""
+  boxes = a3d.bin_boxes(tf.constant([[[1.0, 5.0, 3.0]]]), (6, 16, 8), (4, 6, 3), 6).numpy()
+  assert boxes.shape == (1, 6, 1, 4)
+  for frame in range(1, 5):
+    np.testing.assert_allclose(boxes[0, frame, 0], [5 / 16, 3 / 8, 11 / 16, 6 / 8])
+  for frame in (0, 5):
+    assert np.all(boxes[0, frame, 0] < 0)
+  small = a3d.bin_boxes(tf.constant([[[0.0, 0.0, 0.0]]]), (2, 4, 2), (1, 2, 1), 4).numpy()
+  assert [bool(np.all(small[0, f, 0] >= 0)) for f in range(4)] == [True, True, False, False]
+  np.testing.assert_allclose(small[0, 0, 0], [0.0, 0.0, 0.5, 0.5])
+
+
+# ------------------------------------------------------------------------- table VII: QAN*
+
+
+def _scale_to_unit_scores(dense, features):
+  """Rescales a random Dense(1) so that its scores on `features` [..., C] are O(1) (the
+  untrained tiny network's features are large; sigmoid would saturate)."""
+  rng = np.random.default_rng(2)
+  kernel = rng.normal(size=dense.kernel.shape).astype(np.float32)
+  kernel /= float(np.abs(features.reshape(-1, features.shape[-1]) @ kernel).max())
+  dense.kernel.assign(kernel)
+  dense.bias.assign(np.full(dense.bias.shape, 0.1, np.float32))
+
+
+def test_qan_quality_pooling_matches_numpy():
+  """QAN*: mu_l = sigmoid(w . mean_hw g_l + b), embedding = sum_l mu_l g_l / sum_l mu_l."""
+  model = tiny_model(attention="qan")
+  assert model.agent is None and model.spatial_attention is None
+  x = tiny_inputs(b=2)
+  g = model.two_stream_features(x["clips"], x["flow"], training=False).numpy()
+  frames = g.mean(axis=(2, 3))                                   # [B, L, C]
+  _scale_to_unit_scores(model.quality.score, frames)
+  out = model(x, training=False)
+  w = model.quality.score.kernel.numpy()[:, 0]
+  bias = model.quality.score.bias.numpy()[0]
+  for b in range(2):
+    mu = [1.0 / (1.0 + math.exp(-(float(frames[b, l] @ w) + bias))) for l in range(3)]
+    expected = sum(m * frames[b, l] for l, m in enumerate(mu)) / sum(mu)
+    np.testing.assert_allclose(out["embedding"].numpy()[b], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["attention_quality"].numpy()[b], mu, rtol=1e-5)
+  assert out["logits"].shape == (2, 5)
+  assert "a3d_log_prob" not in out
+  # Every quality underflowing to 0 still gives the weighted mean (no 0 / 0).
+  model.quality.score.bias.assign([-1e4])
+  pooled = model(x, training=False)["embedding"].numpy()
+  assert np.all(np.isfinite(pooled))
+  overlays = model.attention_overlays(x, out)
+  assert set(overlays) == {"attention_quality"}
+
+
+def test_separate_attention_is_a_spatial_softmax_per_frame_then_qan():
+  keras.utils.set_random_seed(4)
+  model = tiny_model(attention="separate")
+  x = tiny_inputs(b=2, h=64, w=32)
+  g = model.two_stream_features(x["clips"], x["flow"], training=False).numpy()
+  _scale_to_unit_scores(model.spatial_attention.logit, g)
+  frame_means = g.mean(axis=(2, 3))
+  _scale_to_unit_scores(model.quality.score, frame_means)
+  out = model(x, training=False)
+  v = model.spatial_attention.logit.kernel.numpy()[:, 0]
+  c = model.spatial_attention.logit.bias.numpy()[0]
+  w = model.quality.score.kernel.numpy()[:, 0]
+  bias = model.quality.score.bias.numpy()[0]
+  _, length, height, width, _ = g.shape
+  assert (height, width) == (4, 2)
+  for b in range(2):
+    frames, mus = [], []
+    for l in range(length):
+      logits = np.array([[g[b, l, i, j] @ v + c for j in range(width)] for i in range(height)])
+      att = np.exp(logits - logits.max())
+      att /= att.sum()
+      np.testing.assert_allclose(out["attention_spatial"].numpy()[b, l], att, rtol=1e-4,
+                                 atol=1e-6)
+      feature = sum(att[i, j] * g[b, l, i, j] for i in range(height) for j in range(width))
+      frames.append(feature)
+      mus.append(1.0 / (1.0 + math.exp(-(float(feature @ w) + bias))))
+    expected = sum(m * f for m, f in zip(mus, frames)) / sum(mus)
+    np.testing.assert_allclose(out["embedding"].numpy()[b], expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
+  assert sorted(model.attention_overlays(x, out)) == ["attention_quality", "attention_spatial"]
+
+
+# ------------------------------------------------------------------------- eq. 12, M episodes
+
+
+def test_several_episodes_rerun_only_the_head():
+  """num_episodes = M: the agent runs M times on the same g with their own actions; the first
+  episode is the M = 1 model's (same weights, same seed); each episode's logits are the
+  classifier on [f_g, its h_1..h_T]; inference runs one episode."""
+  x = tiny_inputs(b=3)
+  one = tiny_model(num_glimpses=3)
+  many = tiny_model(num_glimpses=3, num_episodes=4)
+  many.set_weights(one.get_weights())
+  single = one(x, training=True)
+  out = many(x, training=True)
+  assert out["a3d_log_prob"].shape == (3, 4, 3) and out["a3d_value"].shape == (3, 4, 3)
+  assert out["a3d_episode_logits"].shape == (3, 4, 5)
+  np.testing.assert_array_equal(out["a3d_log_prob"].numpy()[:, 0], single["a3d_log_prob"])
+  np.testing.assert_array_equal(out["embedding"].numpy(), single["embedding"].numpy())
+  np.testing.assert_allclose(out["a3d_episode_logits"].numpy()[:, 0], single["logits"],
+                             rtol=1e-6, atol=1e-6)
+  lp = out["a3d_log_prob"].numpy()
+  assert len({tuple(np.round(lp[0, m], 6)) for m in range(4)}) == 4   # own actions
+  # Episode m: the agent on the one g with the step's seed folded by m, then the classifier
+  # on [f_g, h_1..h_T] (the step's seed is (runtime.seed, training calls so far) = (0, 1)).
+  g = many.two_stream_features(x["clips"], x["flow"], training=True)
+  kernel = many.classifier.kernel.numpy()
+  bias = many.classifier.bias.numpy()
+  fg = g.numpy().mean(axis=(1, 2, 3))
+  for m in range(4):
+    seed = a3d.episode_seed(tf.constant([0, 1], tf.int64), m)
+    run = many.agent(g, training=True, seed=seed)
+    np.testing.assert_allclose(run["log_prob"].numpy(), lp[:, m], rtol=1e-5, atol=1e-5)
+    local = run["local"].numpy().reshape(3, -1)
+    np.testing.assert_allclose(out["a3d_episode_logits"].numpy()[:, m],
+                               np.concatenate([fg, local], 1) @ kernel + bias,
+                               rtol=1e-4, atol=1e-4)
+  assert many(x, training=False)["a3d_log_prob"].shape == (3, 3)
+  scalars = many.summary_scalars(out, {"labels": tf.constant([0, 1, 2])})
+  assert scalars["a3d_reward"].shape == (3,) and scalars["a3d_value_error"].shape == (3,)
+
+
+def test_reinforce_term_over_several_episodes_matches_numpy():
+  """Eq. 12/13 with M episodes per clip: -1/(B M) sum_{b,m} sum_t log pi (R_bm - b_bmt)
+  + value_weight * mean (b - R)^2, R_bm = [argmax logits_bm = label_b]."""
+  rng = np.random.default_rng(3)
+  b, m, t, n = 2, 3, 2, 4
+  lp = rng.normal(size=(b, m, t)).astype(np.float32)
+  value = rng.random((b, m, t)).astype(np.float32)
+  logits = rng.normal(size=(b, m, n)).astype(np.float32)
+  labels = np.array([1, 3])
+  outputs = {"a3d_log_prob": tf.constant(lp), "a3d_value": tf.constant(value),
+             "a3d_episode_logits": tf.constant(logits),
+             "logits": tf.constant(logits[:, 0])}
+  term = reinforce.ReinforceLoss(value_weight=0.5)
+  got = float(term(outputs, {"labels": tf.constant(labels)}))
+  reward = np.array([[float(np.argmax(logits[i, j]) == labels[i]) for j in range(m)]
+                     for i in range(b)])
+  rl = -np.mean([sum(lp[i, j, k] * (reward[i, j] - value[i, j, k]) for k in range(t))
+                 for i in range(b) for j in range(m)])
+  vl = np.mean((value - reward[..., None]) ** 2)
+  assert got == pytest.approx(rl + 0.5 * vl, rel=1e-6)
+  bad = dict(outputs, a3d_episode_logits=tf.constant(logits[:, :2]))
+  with pytest.raises(ValueError, match="episodes"):
+    term(bad, {"labels": tf.constant(labels)})
+
+
+def test_several_episodes_need_the_gaussian_agent():
+  with pytest.raises(cfg.ConfigError, match="num_episodes"):
+    cfg.build_config("a3d:random_attention", overrides=["model.a3d.num_episodes=2"]).model.a3d.validate()
+  c = cfg.build_config("a3d", overrides=["model.a3d.num_episodes=2"])
+  a3d.validate_config(c)
 
 
 def test_uniform_policy_draws_bins_at_train_and_test():
@@ -450,5 +647,11 @@ def test_every_variant_builds_a_valid_config():
   assert cfg.build_config("a3d:glimpses2").model.a3d.num_glimpses == 2
   assert cfg.build_config("a3d:no_rl").losses.reinforce.weight == 0
   assert "reinforce" not in dict(cfg.build_config("a3d:no_attention").losses.active())
+  for variant, mode in (("qan", "qan"), ("separate_attention", "separate")):
+    c = cfg.build_config(f"a3d:{variant}")
+    assert c.model.a3d.attention == mode and "reinforce" not in dict(c.losses.active())
+  assert cfg.build_config("a3d:bin_t2").model.a3d.bin_size == [2, 6, 3]
+  assert cfg.build_config("a3d:bin_h4w2").model.a3d.bin_size == [4, 4, 2]
+  assert cfg.build_config("a3d:bin_t4").model.a3d.bin_size == cfg.build_config("a3d").model.a3d.bin_size
   with pytest.raises(cfg.ConfigError, match="variant"):
     experiment.get_config("nope")

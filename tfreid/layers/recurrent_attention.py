@@ -23,6 +23,15 @@ Library choices where the paper is silent (design note, "ambiguities"):
   that the agent follows: ``o_t = relu(fc2_feat(relu(fc1_feat(x))) +
   fc2_att(relu(fc1_att(loc))))``, ``h_t = relu(fc_i2h(o_t) + fc_h2h(h_{t-1}))``. F_o sees the
   quantised location of the bin it pooled (in [-1, 1]), not the raw sample.
+* How far the policy gradient reaches (``policy_gradient_scope``). Eq. 9 names its
+  parameters: "theta indicates the parameters of our agent", and alg. 1 (lines 13-15) updates
+  F_o, F_h, F_a with it; the representation network (F_img, F_flow, F_g) is trained by the
+  supervised losses (eqs. 14-15), which reach it through f_g and through the agent's h_t.
+  ``agent`` (default) gives exactly that: log pi(a_t | s_t) is computed on a second pass of
+  the recurrence over the stopped bin features sg(g_bin) (the same forward values, so the
+  same actions), so the REINFORCE gradient trains fc1_feat, fc2_feat, fc1_att, fc2_att,
+  fc_i2h, fc_h2h and fc_att and never reaches g. ``all`` lets it flow on into g and the
+  backbones (RAM-style end-to-end); ``location_head`` keeps it to fc_att.
 * The value baseline of eq. 13 ("a value network", architecture not given) is one FC on the
   stopped state, ``b_t = fc_v(sg(h_t))``, so its regression loss trains fc_v only.
 * The agent computes in float32 whatever the global dtype policy: the policy's
@@ -38,7 +47,7 @@ import tensorflow_probability as tfp
 tfd = tfp.distributions
 
 LOCATION_POLICIES = ("gaussian", "uniform")
-GRADIENT_SCOPES = ("all", "location_head")
+GRADIENT_SCOPES = ("agent", "all", "location_head")
 
 
 def bin_pooling(features, bin_size) -> tf.Tensor:
@@ -160,13 +169,14 @@ class RecurrentBinAttention(keras.layers.Layer):
     variance: Sigma of eq. 5 (paper: 0.03).
     location_policy: "gaussian" (eq. 5) or "uniform" (table VII "random attention": bins
       drawn uniformly at train and test).
-    policy_gradient_scope: "all" (the RL gradient flows through F_a, F_h, F_o and into g)
-      or "location_head" (F_a sees sg(h_t): RL trains fc_att only).
+    policy_gradient_scope: "agent" (eq. 9's theta: the RL gradient trains F_o, F_h and F_a
+      and stops at g), "all" (it flows on into g and the backbones) or "location_head"
+      (F_a sees sg(h_t): RL trains fc_att only). Module docstring.
   """
 
   def __init__(self, bin_size=(4, 6, 3), num_glimpses: int = 4, hidden_dim: int = 256,
                feature_dim: int = 128, variance: float = 0.03,
-               location_policy: str = "gaussian", policy_gradient_scope: str = "all",
+               location_policy: str = "gaussian", policy_gradient_scope: str = "agent",
                **kwargs):
     kwargs["dtype"] = "float32"
     super().__init__(**kwargs)
@@ -224,7 +234,8 @@ class RecurrentBinAttention(keras.layers.Layer):
     return tf.nn.relu(self.fc_i2h(observation) + self.fc_h2h(hidden))
 
   def location_mean(self, hidden):
-    """Eq. 5's mean mu_t = tanh(fc_att(h_t)) (sg(h_t) with scope location_head)."""
+    """Eq. 5's mean mu_t = tanh(fc_att(h_t)) (sg(h_t) with scope location_head; the caller
+    passes the state of the stopped-feature pass with scope agent)."""
     if self.policy_gradient_scope == "location_head":
       hidden = tf.stop_gradient(hidden)
     return tf.tanh(self.fc_att(hidden))
@@ -242,12 +253,21 @@ class RecurrentBinAttention(keras.layers.Layer):
     replica_id, num_replicas = replica_position()
     index = location_to_index(tf.zeros([b, 3]), grid, self.bin_size)   # a_0: the centre
     hidden = tf.zeros([b, self.hidden_dim], tf.float32)
+    # Scope "agent": the policy's own pass of the recurrence over sg(bin features); its
+    # states equal `hidden` in value, so its mean is the same number with a gradient that
+    # reaches the agent's layers but not g.
+    policy_hidden = hidden
     out = {k: [] for k in ("local", "log_prob", "value", "mean", "actions", "index")}
     for t in range(self.num_glimpses):
       location = index_to_location(index, grid, self.bin_size)
-      observation = self.observe(gather_bins(pooled, index), location)
-      hidden = self.transition(observation, hidden)
-      mean = self.location_mean(hidden)
+      bins = gather_bins(pooled, index)
+      hidden = self.transition(self.observe(bins, location), hidden)
+      if self.policy_gradient_scope == "agent":
+        policy_hidden = self.transition(
+            self.observe(tf.stop_gradient(bins), location), policy_hidden)
+        mean = self.location_mean(policy_hidden)
+      else:
+        mean = self.location_mean(hidden)
       step_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, t)
       if self.location_policy == "uniform":
         if step_seed is None:

@@ -7,7 +7,8 @@ with the score-function estimate (eq. 12), minus a baseline b (eq. 13):
 
     grad J ~ 1/M sum_m sum_t grad log pi(a_t^m | s_t^m) (R^m - b_t^m).
 
-As a loss to minimise (one episode per clip, M = the batch):
+As a loss to minimise (M episodes: every clip of the batch, times ``model.a3d.num_episodes``
+when the agent samples several episodes per clip):
 
     L_RL = -mean_m sum_t log pi(a_t^m | s_t^m) * sg(R^m - b_t^m)     (:func:`reinforce_surrogate`)
     L_V  = mean_{m, t} (b_t^m - R^m)^2                                 (:func:`value_loss`)
@@ -79,12 +80,15 @@ class ReinforceLoss(LossTerm):
     baseline: "value" (eq. 13, the model's value output) or "none" (eq. 12).
     include_final_action: count a_T too.
     log_prob, value, logits: the model outputs read ([B, T], [B, T], [B, N]).
+    episode_logits: the output read instead of `logits` when log_prob and value are
+      [B, M, T] (M episodes per clip): [B, M, N]; every episode is one of eq. 12's M.
   """
 
   def __init__(self, name: str = "reinforce", weight: float = 1.0, value_weight: float = 1.0,
                discount: float = 1.0, baseline: str = "value",
                include_final_action: bool = True, log_prob: str = "a3d_log_prob",
-               value: str = "a3d_value", logits: str = "logits"):
+               value: str = "a3d_value", logits: str = "logits",
+               episode_logits: str = "a3d_episode_logits"):
     super().__init__(name=name, weight=weight)
     if baseline not in BASELINES:
       raise ValueError(f"reinforce baseline={baseline!r}; expected one of {BASELINES}.")
@@ -93,13 +97,28 @@ class ReinforceLoss(LossTerm):
     self.baseline = baseline
     self.include_final_action = include_final_action
     self.log_prob_key, self.value_key, self.logits_key = log_prob, value, logits
+    self.episode_logits_key = episode_logits
 
   def __call__(self, outputs, batch):
     log_prob = get_output(outputs, self.log_prob_key, self.name)
-    num_steps = int(log_prob.shape[1])
-    returns = classification_return(get_output(outputs, self.logits_key, self.name),
-                                     get_labels(batch, self.name), num_steps, self.discount)
+    labels = get_labels(batch, self.name)
     value = get_output(outputs, self.value_key, self.name) if self.baseline == "value" else None
+    if log_prob.shape.rank == 3:
+      # M episodes per clip: [B, M, T] -> B * M episodes of eq. 12.
+      logits = get_output(outputs, self.episode_logits_key, self.name)
+      episodes = int(log_prob.shape[1])
+      if logits.shape.rank != 3 or int(logits.shape[1]) != episodes:
+        raise ValueError(f"loss {self.name!r}: {self.log_prob_key!r} has {episodes} episodes "
+                         f"per clip ([B, M, T]) but {self.episode_logits_key!r} has shape "
+                         f"{logits.shape}; expected [B, {episodes}, num_classes].")
+      flat = lambda x: tf.reshape(x, [-1] + x.shape[2:].as_list())
+      log_prob, logits = flat(log_prob), flat(logits)
+      labels = tf.reshape(tf.repeat(tf.reshape(labels, [-1])[:, None], episodes, axis=1), [-1])
+      value = None if value is None else flat(value)
+    else:
+      logits = get_output(outputs, self.logits_key, self.name)
+    num_steps = int(log_prob.shape[-1])
+    returns = classification_return(logits, labels, num_steps, self.discount)
     used = num_steps if self.include_final_action else num_steps - 1
     loss = tf.constant(0.0, tf.float32)
     if used > 0:
@@ -126,6 +145,8 @@ class Config:
   log_prob: str = "a3d_log_prob"
   value: str = "a3d_value"
   logits: str = "logits"
+  # Read instead of `logits` when the model samples several episodes per clip.
+  episode_logits: str = "a3d_episode_logits"
 
   def validate(self, prefix: str, config=None) -> None:
     if self.baseline not in BASELINES:
@@ -140,4 +161,4 @@ def build(name: str, config: Config, context) -> ReinforceLoss:
   del context
   return ReinforceLoss(name, config.weight, config.value_weight, config.discount,
                        config.baseline, config.include_final_action, config.log_prob,
-                       config.value, config.logits)
+                       config.value, config.logits, config.episode_logits)

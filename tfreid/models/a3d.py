@@ -23,9 +23,18 @@ not given). With ``use_flow=False`` (table VII "w/o optical flow") the model rea
 
 Outputs (float32): ``embedding`` [B, 2048 + 256 T], ``logits`` [B, N], ``global_feature``
 [B, 2048], and with the recurrent agent ``a3d_log_prob`` [B, T] (log pi of a_1..a_T),
-``a3d_value`` [B, T] (baseline), ``a3d_locations`` [B, T, 3] (corners of the pooled bins),
-and at inference ``attention_bins`` [B, L, H, W]: the frames' luminance with the bins the
-glimpses pooled drawn on them (TensorBoard ``attention/attention_bins``).
+``a3d_value`` [B, T] (baseline), ``a3d_locations`` [B, T, 3] (corners of the pooled bins).
+With ``num_episodes`` M > 1 (eq. 12's M episodes per clip, training only) the agent runs M
+times on the same g with its own actions: ``a3d_log_prob`` and ``a3d_value`` are then
+[B, M, T] and ``a3d_episode_logits`` [B, M, N] gives each episode's reward; ``embedding`` and
+``logits`` (the supervised losses) are the first episode's. The bins are drawn on the frames
+by :meth:`A3D.attention_overlays` (TensorBoard ``attention/a3d_bins``).
+
+Table VII's "QAN*" and "separate attention*" rows (``attention=qan`` / ``separate``) replace
+the agent by :mod:`tfreid.layers.quality_pooling` on the same g: the embedding is the
+quality-weighted mean of the frames' features (of their spatial means, or of their spatial
+softmax attention pooling), outputs ``attention_quality`` [B, L] and, for ``separate``,
+``attention_spatial`` [B, L, h, w].
 
 Sampling (eq. 5) in training uses stateless seeds made of (runtime.seed, the model's own
 training-call counter, glimpse), and the noise of a sample depends on its position in the
@@ -65,17 +74,21 @@ import tensorflow as tf
 from tfreid.backbones import resnet2d, resnet3d, weights
 from tfreid.config import ConfigError
 from tfreid.layers.preprocessing import ClipNormalization
+from tfreid.layers import quality_pooling
 from tfreid.layers import recurrent_attention as ra
 from tfreid.losses import reinforce
 from tfreid.models.base import ConfigKeysMixin
 
-ATTENTION_MODES = ("recurrent", "none")
+# recurrent: the agent; none: table VII "w/o attention"; qan and separate: table VII "QAN*"
+# and "separate attention*" (tfreid.layers.quality_pooling).
+ATTENTION_MODES = ("recurrent", "none", "qan", "separate")
 
 
 @dataclasses.dataclass
 class A3DConfig:
   """model.a3d: the method's own section (values of table IV and section III-D)."""
-  # recurrent (the agent) | none (table VII "w/o attention": f_g only)
+  # recurrent (the agent) | none (table VII "w/o attention": f_g only) | qan (table VII
+  # "QAN*") | separate (table VII "separate attention*").
   attention: str = "recurrent"
   # T, glimpses (table VIII: 1, 2, 4).
   num_glimpses: int = 4
@@ -88,12 +101,15 @@ class A3DConfig:
   feature_dim: int = 128
   # gaussian (eq. 5) | uniform (table VII "random attention")
   location_policy: str = "gaussian"
-  # all | location_head: how far the REINFORCE gradient reaches (design note §5.5).
-  policy_gradient_scope: str = "all"
+  # agent | all | location_head: how far the REINFORCE gradient reaches. agent: eq. 9's
+  # theta, the agent's layers (F_o, F_h, F_a), not g (recurrent_attention module docstring).
+  policy_gradient_scope: str = "agent"
   # The flow stream (table VII "w/o optical flow": false).
   use_flow: bool = True
   # The flow stream's input is flow (pixels) times this.
   flow_input_scale: float = 6.4
+  # M of eq. 12: episodes sampled per training clip (the agent re-run on the same g).
+  num_episodes: int = 1
 
   def validate(self) -> None:
     if self.attention not in ATTENTION_MODES:
@@ -115,6 +131,14 @@ class A3DConfig:
                         f"expected one of {ra.GRADIENT_SCOPES}.")
     if self.hidden_dim < 1 or self.feature_dim < 1:
       raise ConfigError("model.a3d.hidden_dim and feature_dim must be >= 1.")
+    if self.num_episodes < 1:
+      raise ConfigError(f"model.a3d.num_episodes must be >= 1, got {self.num_episodes}.")
+    if self.num_episodes > 1 and (self.attention != "recurrent"
+                                  or self.location_policy != "gaussian"):
+      raise ConfigError(f"model.a3d.num_episodes={self.num_episodes} samples several "
+                        "episodes of the Gaussian location policy (eq. 12); it needs "
+                        "attention=recurrent and location_policy=gaussian. Set "
+                        "model.a3d.num_episodes=1.")
 
 
 CONFIG_CLASS = A3DConfig
@@ -159,7 +183,7 @@ class A3D(ConfigKeysMixin, keras.Model):
     num_classes: training identities.
     block_counts, base_width: of the ResNet (paper: 3-4-6-3, 64).
     attention, num_glimpses, bin_size, policy_variance, hidden_dim, feature_dim,
-    location_policy, policy_gradient_scope, use_flow, flow_input_scale: see
+    location_policy, policy_gradient_scope, use_flow, flow_input_scale, num_episodes: see
       :class:`A3DConfig`.
     seed: runtime.seed, the first part of the sampling seeds.
     normalization: :class:`ClipNormalization` mode of the RGB frames.
@@ -168,14 +192,14 @@ class A3D(ConfigKeysMixin, keras.Model):
   CONFIG_KEYS = ("num_classes", "block_counts", "base_width", "attention", "num_glimpses",
                  "bin_size", "policy_variance", "hidden_dim", "feature_dim",
                  "location_policy", "policy_gradient_scope", "use_flow", "flow_input_scale",
-                 "seed", "normalization")
+                 "num_episodes", "seed", "normalization")
 
   def __init__(self, num_classes: int, block_counts=(3, 4, 6, 3), base_width: int = 64,
                attention: str = "recurrent", num_glimpses: int = 4, bin_size=(4, 6, 3),
                policy_variance: float = 0.03, hidden_dim: int = 256, feature_dim: int = 128,
-               location_policy: str = "gaussian", policy_gradient_scope: str = "all",
-               use_flow: bool = True, flow_input_scale: float = 6.4, seed: int = 0,
-               normalization: str = "caffe", **kwargs):
+               location_policy: str = "gaussian", policy_gradient_scope: str = "agent",
+               use_flow: bool = True, flow_input_scale: float = 6.4, num_episodes: int = 1,
+               seed: int = 0, normalization: str = "caffe", **kwargs):
     kwargs.setdefault("name", "a3d")
     super().__init__(**kwargs)
     if attention not in ATTENTION_MODES:
@@ -193,6 +217,7 @@ class A3D(ConfigKeysMixin, keras.Model):
     self.policy_gradient_scope = policy_gradient_scope
     self.use_flow = use_flow
     self.flow_input_scale = flow_input_scale
+    self.num_episodes = int(num_episodes)
     self.seed = seed
     self.normalization = normalization
     common = {"block_counts": self.block_counts, "base_width": base_width, "last_stride": 1}
@@ -203,7 +228,16 @@ class A3D(ConfigKeysMixin, keras.Model):
     self.trunk = resnet2d.resnet2d(first_stage="res3", name="trunk", **common)
     channels = resnet3d.output_channels(base_width)
     self.agent = None
+    self.spatial_attention = None
+    self.quality = None
     width = channels
+    if attention in ("qan", "separate"):
+      self.quality = quality_pooling.QualityPooling(name="quality")
+      self.quality.build((None, None, channels))
+      if attention == "separate":
+        self.spatial_attention = quality_pooling.SpatialSoftmaxPooling(
+            name="spatial_attention")
+        self.spatial_attention.build((None, None, None, None, channels))
     if attention == "recurrent":
       self.agent = ra.RecurrentBinAttention(
           self.bin_size, num_glimpses, hidden_dim, feature_dim, policy_variance,
@@ -254,55 +288,120 @@ class A3D(ConfigKeysMixin, keras.Model):
     g = self.two_stream_features(clips, inputs.get("flow"), training=training)
     global_feature = tf.reduce_mean(tf.cast(g, tf.float32), axis=[1, 2, 3])
     outputs = {"global_feature": global_feature}
-    parts = [global_feature]
-    if self.agent is not None:
-      agent = self.agent(g, training=training, seed=self._seed(training))
-      local = agent["local"]                         # [B, T, hidden]
-      parts.append(tf.reshape(local, [-1, self.num_glimpses * self.hidden_dim]))
+    if self.quality is not None:
+      # Table VII "QAN*" / "separate attention*": the attention-aggregated feature replaces
+      # f_g (tfreid.layers.quality_pooling).
+      if self.spatial_attention is not None:
+        frames, spatial = self.spatial_attention(g)
+        outputs["attention_spatial"] = spatial
+      else:
+        frames = tf.reduce_mean(tf.cast(g, tf.float32), axis=[2, 3])
+      embedding, quality = self.quality(frames)
+      outputs["attention_quality"] = quality
+    elif self.agent is not None:
+      seed = self._seed(training)
+      episodes = self.num_episodes if training else 1
+      runs = [self.agent(g, training=training, seed=episode_seed(seed, m))
+              for m in range(episodes)]
+      embeddings = [self._embedding(global_feature, run["local"]) for run in runs]
+      embedding = embeddings[0]
+      agent = runs[0]
       outputs.update(a3d_log_prob=agent["log_prob"], a3d_value=agent["value"],
                      a3d_locations=tf.cast(agent["index"], tf.float32))
-      if not training:
-        outputs["attention_bins"] = draw_bins(clips, agent["index"], tuple(g.shape[1:4]),
-                                              self.bin_size)
-    embedding = tf.concat(parts, axis=-1)
+      if episodes > 1:
+        # Eq. 12 with M episodes: every episode's log-probabilities, baselines and logits
+        # (its reward); the supervised losses read episode 1's embedding and logits.
+        stack = lambda key: tf.stack([run[key] for run in runs], axis=1)
+        outputs.update(a3d_log_prob=stack("log_prob"), a3d_value=stack("value"),
+                       a3d_episode_logits=tf.stack(
+                           [tf.cast(self.classifier(e), tf.float32) for e in embeddings],
+                           axis=1))
+    else:
+      embedding = global_feature
     outputs["embedding"] = embedding
     outputs["logits"] = tf.cast(self.classifier(embedding), tf.float32)   # eq. 6
     return outputs
 
+  def _embedding(self, global_feature, local):
+    """[f_g, f_l^1..f_l^T] (eq. 6's input and the retrieval embedding)."""
+    return tf.concat([global_feature,
+                      tf.reshape(local, [-1, self.num_glimpses * self.hidden_dim])], axis=-1)
+
   # ------------------------------------------------------------------ contract
 
   def summary_scalars(self, outputs, batch):
-    """Mean reward (eq. 7) and the value baseline's squared error (eq. 13)."""
+    """TensorBoard ``metrics/a3d_reward``: the mean reward R of eq. 7-8 (the batch's
+    classification accuracy, over every episode); ``metrics/a3d_value_error``: the value
+    baseline's squared error (b_t - R)^2 of eq. 13, averaged over glimpses."""
     if self.agent is None or "labels" not in batch:
       return {}
-    reward = reinforce.classification_return(outputs["logits"],
-                                             tf.reshape(batch["labels"], [-1]), 1)
+    labels = tf.reshape(batch["labels"], [-1])
+    if "a3d_episode_logits" in outputs:
+      reward = reinforce.classification_return(
+          outputs["a3d_episode_logits"], labels[:, None], 1)            # [B, M]
+      error = tf.square(outputs["a3d_value"] - reward[..., None])      # [B, M, T]
+      return {"a3d_reward": tf.reduce_mean(reward, axis=1),
+              "a3d_value_error": tf.reduce_mean(error, axis=[1, 2])}
+    reward = reinforce.classification_return(outputs["logits"], labels, 1)
     return {"a3d_reward": reward,
             "a3d_value_error": tf.reduce_mean(
                 tf.square(outputs["a3d_value"] - reward[:, None]), axis=1)}
 
+  def attention_overlays(self, inputs, outputs):
+    """The glimpses' 3-D bins drawn on the frames (`tfreid.visualize` hook: TensorBoard
+    ``attention/a3d_bins``, ``python -m tfreid.visualize``). Per clip, the frames (top
+    row) and the same frames with glimpse t's bin as a box in colour t
+    (`visualize.PART_COLORS`) on every frame its temporal extent covers (frame l lies in
+    feature step l * L_g // L); fig. 8 of the paper draws the same cuboids. The QAN* and
+    separate attention* variants draw their frame qualities as bars and their spatial
+    attention as heat maps (the default drawing)."""
+    from tfreid import visualize  # pylint: disable=import-outside-toplevel
+    if self.agent is None:
+      return visualize.default_overlays(inputs, outputs)
+    clips = inputs["clips"]
+    boxes = bin_boxes(outputs["a3d_locations"], self.feature_grid_of(clips), self.bin_size,
+                      int(clips.shape[1]))                                # [B, L, T, 4]
+    pictures = []
+    for b in range(min(2, int(clips.shape[0]))):
+      frames = clips[b]
+      pictures.append(visualize.clip_strip(
+          [frames, visualize.draw_boxes(frames, boxes[b], thickness=1)]))
+    return {"a3d_bins": tf.stack(pictures)}
 
-def draw_bins(clips, index, grid, bin_size) -> tf.Tensor:
-  """The glimpses' bins drawn on the frames: [B, L, H, W] in [0, 1], 0.4 x luminance +
-  0.6 x the fraction of the T glimpses whose bin covers the pixel (feature cells are
-  H/H_g x W/W_g pixels)."""
-  clips = tf.cast(clips, tf.float32)
-  h, w = clips.shape[2], clips.shape[3]
+  def feature_grid_of(self, clips) -> tuple[int, int, int]:
+    """(L_g, H_g, W_g) of g for `clips` [B, L, H, W, 3]."""
+    return feature_grid(int(clips.shape[2]), int(clips.shape[3]), int(clips.shape[1]))
+
+
+def episode_seed(seed, episode: int):
+  """The sampling seed of episode `episode` of a step (eq. 12's M episodes): the step's seed
+  for the first, a stateless fold of it for the others; None stays None (inference)."""
+  if seed is None or episode == 0:
+    return seed
+  return tf.random.experimental.stateless_fold_in(seed, 1_000_000 + episode)
+
+
+def bin_boxes(locations, grid, bin_size, num_frames: int) -> tf.Tensor:
+  """Boxes of the glimpses' bins on the frames, [B, L, T, 4] (y0, x0, y1, x1) as fractions
+  of the frame: glimpse t's bin on frame l when the bin's temporal extent covers the frame's
+  feature step l * L_g // L, else an empty box outside the frame (nothing drawn).
+
+  Args:
+    locations: [B, T, 3] corners (l, h, w) of the bins (``a3d_locations``).
+    grid: (L_g, H_g, W_g).
+    bin_size: (L_a, H_a, W_a).
+    num_frames: L, the clip's frames.
+  """
   lg, hg, wg = grid
-  luminance = tf.reduce_mean(clips, axis=-1) / 255.0                      # [B, L, H, W]
-  cells = [tf.range(n) for n in (lg, hg, wg)]
-  inside = []
-  for axis, n in enumerate((lg, hg, wg)):
-    start = index[..., axis][:, :, None]                                  # [B, T, 1]
-    pos = tf.cast(cells[axis], tf.int32)[None, None]
-    inside.append(tf.cast((pos >= start) & (pos < start + bin_size[axis]), tf.float32))
-  cover = tf.einsum("btl,bth,btw->blhw", *inside) / float(index.shape[1])  # [B, L, hg, wg]
-  rows = tf.cast(tf.range(h) * hg // h, tf.int32)
-  cols = tf.cast(tf.range(w) * wg // w, tf.int32)
-  cover = tf.gather(tf.gather(cover, rows, axis=2), cols, axis=3)
-  frame_cells = tf.cast(tf.range(clips.shape[1]) * lg // clips.shape[1], tf.int32)
-  cover = tf.gather(cover, frame_cells, axis=1)
-  return 0.4 * luminance + 0.6 * cover
+  corner = tf.cast(locations, tf.float32)                                 # [B, T, 3]
+  box = tf.stack([corner[..., 1] / hg, corner[..., 2] / wg,
+                  (corner[..., 1] + bin_size[1]) / hg,
+                  (corner[..., 2] + bin_size[2]) / wg], axis=-1)         # [B, T, 4]
+  step = tf.constant([l * lg // num_frames for l in range(num_frames)], tf.float32)
+  start = corner[..., 0][:, None, :]                                      # [B, 1, T]
+  covered = (step[None, :, None] >= start) & (step[None, :, None] < start + bin_size[0])
+  outside = tf.constant([-2.0, -2.0, -2.0, -2.0])
+  return tf.where(covered[..., None], box[:, None], outside)
 
 
 def model_kwargs(config) -> dict:
@@ -316,7 +415,7 @@ def model_kwargs(config) -> dict:
           "location_policy": section.location_policy,
           "policy_gradient_scope": section.policy_gradient_scope,
           "use_flow": section.use_flow, "flow_input_scale": section.flow_input_scale,
-          "seed": config.runtime.seed}
+          "num_episodes": section.num_episodes, "seed": config.runtime.seed}
 
 
 def initialize_streams(model: A3D, init: str, weights_path: str = "") -> list[str]:
