@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfreid import config as cfg
 from tfreid.data import pipeline
 from tfreid.data import reader
+from tfreid.models import contract
 from tfreid.serving import exporter
 from tfreid.training import evaluation
 from tfreid.training import trainer as trainer_lib
@@ -217,3 +218,41 @@ def test_evaluate_cli_restores_and_evaluates_the_method(data, tmp_path):
   with open(model_dir / "eval" / "metrics.json") as f:
     metrics = json.load(f)
   assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["checkpoint_step"] == 2
+
+
+def test_a_model_whose_layers_a_checkpoint_would_miss_is_refused(data, tmp_path):
+  """Layers in a plain list or dict are not in a Keras 3 model's TensorFlow checkpoint: the
+  trainer refuses the model, naming the variables, before training anything."""
+
+  class Listed(keras.Model):
+    def __init__(self, num_classes):
+      super().__init__()
+      self.embed = keras.layers.Dense(4, name="embed")
+      self.parts = [keras.layers.Dense(3, name=f"part_{i}") for i in range(2)]
+      self.heads = {"logits": keras.layers.Dense(num_classes, name="classifier")}
+
+    def call(self, inputs, training=False):
+      x = tf.reduce_mean(tf.cast(inputs["clips"], tf.float32), axis=[1, 2, 3])
+      e = self.embed(x) + sum(tf.reduce_sum(p(x), -1, keepdims=True) for p in self.parts)
+      return {"embedding": e, "logits": self.heads["logits"](e)}
+
+  model = Listed(3)
+  model({"clips": tf.zeros([1, 2, 4, 4, 3], tf.uint8)})
+  missing = contract.unsaved_variables(model)
+  assert sorted(m.split("/", 1)[1] for m in missing) == [
+      "classifier/bias", "classifier/kernel", "part_0/bias", "part_0/kernel", "part_1/bias",
+      "part_1/kernel"]
+  # A real checkpoint indeed lacks them.
+  path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+  saved = [k for k, _ in tf.train.list_variables(path) if k.startswith("model/")]
+  assert len(saved) == 2
+  with pytest.raises(contract.UnsavedVariablesError,
+                     match=r"6 variables of the model would be missing from its checkpoints "
+                           r"\(e.g\. .*plain Python list or dict"):
+    contract.check_checkpointable(model)
+  config = config_for(data, "runtime.jit_compile=false")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(trainer_lib, "build_model", lambda c, n: Listed(n))
+    with pytest.raises(contract.UnsavedVariablesError):
+      trainer_lib.Trainer(config, str(tmp_path / "run"), strategy=first_cpu_strategy())
+  assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("ckpt-*"))

@@ -46,6 +46,11 @@ The model (every method optional; the default in brackets):
 
 Freezing is configuration (``trainer.freeze``: glob patterns over layer paths), see
 :func:`freeze_layers`.
+
+Sub-layers are attributes of the model (or of its layers): a layer held only in a plain
+Python list or dict is not part of a TensorFlow checkpoint under Keras 3, so its weights would
+be neither saved nor restored. The trainer and the restore path refuse such a model
+(:func:`check_checkpointable`).
 """
 
 from __future__ import annotations
@@ -156,6 +161,35 @@ def summary_scalars(model, outputs: dict, batch: dict) -> dict:
     return {}
   return {k: tf.cast(tf.reduce_mean(v), tf.float32)
           for k, v in model.summary_scalars(outputs, batch).items()}
+
+
+class UnsavedVariablesError(ValueError):
+  """The model has variables a checkpoint of it would not hold."""
+
+
+def unsaved_variables(model) -> list[str]:
+  """Paths of the model's variables that `tf.train.Checkpoint(model=model)` does not reach
+  from the model's attributes (layers held in plain lists or dicts), random-number
+  generator states left out (the trainer checkpoints those itself)."""
+  root = tf.train.Checkpoint(model=model)  # the view holds only a weak reference to it
+  reached = {id(obj) for obj in tf.train.TrackableView(root).descendants()}
+  generators = set()
+  for layer in model._flatten_layers():  # pylint: disable=protected-access
+    for generator in getattr(layer, "_seed_generators", []):
+      generators.add(id(generator.state))
+  return [v.path for v in model.variables if id(v) not in reached and id(v) not in generators]
+
+
+def check_checkpointable(model) -> None:
+  """Raises UnsavedVariablesError naming the variables a checkpoint would miss."""
+  missing = unsaved_variables(model)
+  if missing:
+    raise UnsavedVariablesError(
+        f"{len(missing)} variables of the model would be missing from its checkpoints (e.g. "
+        f"{', '.join(missing[:3])}): their layers are held in a plain Python list or dict, "
+        "which Keras 3 does not add to a TensorFlow checkpoint. Hold each sub-layer as an "
+        "attribute (self.part_0 = ..., or setattr(self, f'part_{i}', layer)) as "
+        "docs/adding_a_method.md shows.")
 
 
 def freeze_layers(model, patterns) -> list[str]:

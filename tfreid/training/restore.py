@@ -29,6 +29,7 @@ import tensorflow as tf
 from tfreid import config as cfg
 from tfreid.data import schema
 from tfreid import models
+from tfreid.models import contract
 from tfreid.training import checkpoints
 
 GLOBAL_STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -58,6 +59,7 @@ def build_for_restore(config: cfg.ExperimentConfig, num_classes: int):
   trainer.set_mixed_precision(config.runtime)
   model = models.build_model(config, num_classes)
   model(trainer.dummy_inputs(config), training=False)
+  contract.check_checkpointable(model)
   return model
 
 

@@ -126,6 +126,7 @@ class Trainer:
     with self.strategy.scope():
       self.model = build_model(model_config, self.num_classes)
       probe = self.model(dummy_inputs(config), training=False)
+      contract.check_checkpointable(self.model)
       self.frozen = contract.freeze_layers(self.model, config.trainer.freeze)
       if self.frozen:
         logging.info("Frozen (trainer.freeze): %d layers, e.g. %s", len(self.frozen),
