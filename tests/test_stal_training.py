@@ -1,5 +1,6 @@
 """stal through the trainer, evaluation and export, on a tiny dataset with keypoints: the
-four named terms, 2 replicas equal 1, resuming equals a straight run, evaluation merges
+four named terms, 2 replicas equal 1, resuming equals a straight run, mixed_bfloat16 and
+XLA-compiled steps train, evaluation merges
 tracklets over all frames (eq. 9) with the fused distance, and the SavedModel (clips and
 keypoints in) reproduces the evaluation's features and distances."""
 
@@ -18,6 +19,7 @@ from tfreid.training import evaluation
 from tfreid.training import trainer as trainer_lib
 
 import data_fixtures
+from trainer_fixtures import fixture_float32_policy  # pylint: disable=unused-import
 from trainer_fixtures import first_cpu_strategy, two_cpu_strategy
 
 TINY = ["data.height=64", "data.width=32", "data.seq_len=2", "data.num_identities=2",
@@ -158,3 +160,34 @@ def test_evaluation_and_export_merge_all_frames_and_use_the_fused_distance(data,
       **{f"gallery_{k}": tf.constant(v) for k, v in outs["gallery"].items()})["distance"]
   np.testing.assert_allclose(distance.numpy(), result["distmat"], rtol=1e-4, atol=1e-5)
   assert os.path.exists(os.path.join(path, "assets", "model_card.json"))
+
+
+def _finite_terms(values):
+  terms = ("loss", "global_triplet", "local_triplet", "cross_entropy", "consistency")
+  assert set(terms) <= set(values)
+  return all(np.isfinite(values[k]) for k in terms)
+
+
+def test_mixed_bfloat16_trains(data, tmp_path, float32_policy):
+  """runtime.mixed_precision=mixed_bfloat16: the layers compute in bfloat16, every loss
+  term (and the STAN scores, eqs. 8-9, kept in float32) stays finite."""
+  del float32_policy
+  trainer, values = _train(config_for(data, "runtime.mixed_precision=mixed_bfloat16"),
+                           tmp_path / "bf16", first_cpu_strategy())
+  assert trainer.model.low_level.compute_dtype == "bfloat16"
+  assert _finite_terms(values)
+
+
+def test_xla_compiled_steps_train(data, tmp_path):
+  """runtime.jit_compile=true on the smallest frames the strides allow (32 x 32: a 2 x 2
+  low-level map, 2 x 2 part bins): compiled steps give finite loss terms that change."""
+  trainer, values = _train(
+      config_for(data, "runtime.jit_compile=true", "data.height=32", "data.width=32",
+                 "model.stal.pool_size=2", "optimizer.name=sgd",
+                 "optimizer.learning_rate=0.05"),
+      tmp_path / "xla", first_cpu_strategy())
+  assert _finite_terms(values)
+  assert int(trainer.global_step.numpy()) == 2
+  moved = [np.abs(v.numpy()).max() for v in trainer.model.trainable_variables
+           if "classifier" in v.path and "bias" in v.path]
+  assert moved and max(moved) > 0
