@@ -620,7 +620,6 @@ def verify_shard(output_dir: str, entry: dict[str, Any]) -> Optional[str]:
   order and none missing; and every frame with `tfreid.data.image_check` (a shard written
   before those checks may hold a damaged source frame).
   """
-  from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
   from tfreid.data import reader  # pylint: disable=import-outside-toplevel
   path = os.path.join(output_dir, entry["file"])
   try:
@@ -648,12 +647,12 @@ def verify_shard(output_dir: str, entry: dict[str, Any]) -> Optional[str]:
       if reader.masked_crc32c(payload) != struct.unpack("<I", f.read(4))[0]:
         return f"{where}: its data fails its checksum"
       try:
-        feature = example_pb2.Example.FromString(payload).features.feature
-      except Exception:  # pylint: disable=broad-except
+        found_id, frames = _id_and_frames(payload)
+      except (ValueError, IndexError):
         return f"{where}: it is not a tf.train.Example"
-      if list(feature[schema.TRACKLET_ID].int64_list.value) != [tid]:
-        return f"{where}: it holds tracklet {list(feature[schema.TRACKLET_ID].int64_list.value)}"
-      for t, frame in enumerate(feature[schema.FRAMES].bytes_list.value):
+      if found_id != [tid]:
+        return f"{where}: it holds tracklet {found_id}"
+      for t, frame in enumerate(frames):
         problem = image_check.frame_problem(frame, fmt)
         if problem is not None:
           return f"{where}: frame {t} is a damaged {fmt.upper()} image ({problem})"
@@ -661,6 +660,79 @@ def verify_shard(output_dir: str, entry: dict[str, Any]) -> Optional[str]:
   if pos != size:
     return f"it holds more than the {len(expected)} records written"
   return None
+
+
+def _fields(buf: bytes, start: int, end: int):
+  """(field number, wire type, value) of the protobuf message in buf[start:end]; the value
+  of a length-delimited field is its (start, end)."""
+  pos = start
+  while pos < end:
+    tag, pos = _varint(buf, pos)
+    wire_type = tag & 7
+    if wire_type == 0:
+      value, pos = _varint(buf, pos)
+    elif wire_type == 2:
+      size, pos = _varint(buf, pos)
+      value = (pos, pos + size)
+      pos += size
+    elif wire_type in (1, 5):
+      value, pos = None, pos + (8 if wire_type == 1 else 4)
+    else:
+      raise ValueError(f"wire type {wire_type}")
+    if pos > end:
+      raise ValueError("a field runs past the end of its message")
+    yield tag >> 3, wire_type, value
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+  result = shift = 0
+  while True:
+    byte = buf[pos]
+    pos += 1
+    result |= (byte & 0x7F) << shift
+    if byte < 0x80:
+      return result, pos
+    shift += 7
+    if shift > 63:
+      raise ValueError("varint too long")
+
+
+def _id_and_frames(payload: bytes) -> tuple[list[int], list[bytes]]:
+  """The tracklet id(s) and frames of a serialized tf.train.Example (schema.py keys),
+  without TensorFlow (a resume that has nothing to write does not import it)."""
+  ids: list[int] = []
+  frames: list[bytes] = []
+  for field, wire_type, features in _fields(payload, 0, len(payload)):
+    if field != 1 or wire_type != 2:  # Example.features
+      continue
+    for field, wire_type, entry in _fields(payload, *features):
+      if field != 1 or wire_type != 2:  # Features.feature map entry
+        continue
+      key = value = None
+      for field, wire_type, part in _fields(payload, *entry):
+        if field == 1 and wire_type == 2:
+          key = payload[part[0]:part[1]]
+        elif field == 2 and wire_type == 2:
+          value = part
+      if value is None:
+        continue
+      if key == schema.TRACKLET_ID.encode():
+        for field, wire_type, part in _fields(payload, *value):
+          if field == 3 and wire_type == 2:  # Feature.int64_list
+            for _, kind, number in _fields(payload, *part):
+              if kind == 2:  # packed
+                pos = number[0]
+                while pos < number[1]:
+                  got, pos = _varint(payload, pos)
+                  ids.append(got)
+              elif kind == 0:
+                ids.append(number)
+      elif key == schema.FRAMES.encode():
+        for field, wire_type, part in _fields(payload, *value):
+          if field == 1 and wire_type == 2:  # Feature.bytes_list
+            frames.extend(payload[a:b] for f, k, (a, b) in _fields(payload, *part)
+                          if f == 1 and k == 2)
+  return ids, frames
 
 
 def shard_is_complete(output_dir: str, entry: dict[str, Any]) -> bool:
