@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from experiments import stal as stal_experiment
 from tfreid import config as cfg
+from tfreid.data import samplers
 from tfreid.layers import stal_attention as sa
 from tfreid.models import build_model, contract, stal
 from tfreid.training import trainer as trainer_lib
@@ -143,6 +144,27 @@ def test_tracklets_aggregate_all_frames_and_distance_switches(switches):
                       keep=switches.get("test_parts"))
   # d_g comes from the Gram matrix in float32 (as for any Euclidean distance here).
   assert got == pytest.approx(want, rel=1e-3, abs=1e-5)
+
+
+def test_padded_last_clip_counts_every_frame_once():
+  """Ten frames as dense clips of four (the last padded with frames 8, 9 again) weighted by
+  the evaluation's frame_weight: eq. 9 and abar over the ten frames, each once."""
+  model = stal.Stal(5, **TINY)
+  whole = _inputs(np.random.default_rng(3), batch=1, frames=10)
+  ref = _np_tracklet(model(whole, training=False))
+  index = samplers.test_clips("dense", 10, 4)
+  weights = samplers.first_occurrences(index)
+  sums = None
+  for c in range(3):
+    clip = {k: tf.gather(v, index[c], axis=1) for k, v in whole.items()}
+    stats = contract.tracklet_statistics(model, model(clip, training=False),
+                                         frame_weight=weights[c:c + 1])
+    sums = stats if sums is None else {k: sums[k] + stats[k] for k in stats}
+  rep = contract.finish_tracklet(model, sums, tf.constant([3.0]))
+  np.testing.assert_allclose(rep["embedding"].numpy()[0], ref["embedding"], rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(rep["parts"].numpy()[0], ref["parts"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(rep["part_weight"].numpy()[0], ref["abar"] * 10, rtol=1e-4)
 
 
 def test_training_outputs_gradients_and_distances():
@@ -307,3 +329,35 @@ def test_resnet50_trunk_loads_keras_resnet_weights(tmp_path):
     np.testing.assert_array_equal(piece.get_layer("conv5_block1_2_conv").kernel.numpy(), want)
   np.testing.assert_array_equal(model.low_level.get_layer("conv1_conv").kernel.numpy(),
                                 source.low_level.get_layer("conv1_conv").kernel.numpy())
+
+
+def test_attention_overlays_draw_part_boxes_and_scores():
+  """The hook TensorBoard and tfreid.visualize call: part boxes in their colours on the
+  frames, and under each frame one bar per part as long as its score (scaled to the
+  clip's largest)."""
+  from tfreid import visualize  # pylint: disable=import-outside-toplevel
+  model = stal.Stal(3, **TINY)
+  inputs = _inputs(np.random.default_rng(6), batch=3, frames=2)
+  out = model(inputs, training=False)
+  drawn = visualize.attention_overlays(model, inputs, out, max_clips=2)
+  assert set(drawn) == {"parts"}
+  images = drawn["parts"].numpy()
+  # Two clips; rows: frames + 6 bars of 4 pixels, a gap, heat maps; 2 frames + a gap.
+  assert images.shape == (2, 64 + 24 + 1 + 64, 2 * 32 + 1, 3)
+  boxes = out["part_boxes"].numpy()
+  scores = out["attention_scores"].numpy()
+  colors = visualize.PART_COLORS[:6]
+  for b in range(2):
+    for t in range(2):
+      frame = images[b, :, t * 33:t * 33 + 32]
+      # The last part drawn (left leg) keeps its colour at its top-left corner.
+      # (tf.image.draw_bounding_boxes truncates fraction * (size - 1) to a pixel.)
+      x1, y1 = boxes[b, t, 5, :2]
+      row = int(np.float32(np.float32(y1) / np.float32(63)) * np.float32(63))
+      col = int(np.float32(np.float32(x1) / np.float32(31)) * np.float32(31))
+      np.testing.assert_allclose(frame[row, col], colors[5], atol=1e-6)
+      for r in range(6):
+        bar = frame[64 + 4 * r]
+        filled = np.all(np.abs(bar - colors[r]) < 1e-6, axis=-1).sum()
+        want = scores[b, t, r] / scores[b].max() * 32
+        assert abs(filled - want) <= 1.0, (b, t, r, filled, want)

@@ -73,6 +73,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from tfreid import visualize
 from tfreid.backbones import bn_inception
 from tfreid.backbones import resnet2d
 from tfreid.backbones import resnet3d
@@ -369,18 +370,23 @@ class Stal(ConfigKeysMixin, keras.Model):
 
   # ------------------------------------------------------------ method contract
 
-  def tracklet_statistics(self, outputs):
+  def tracklet_statistics(self, outputs, frame_weight=None):
     """Sums over a clip's frames; summed again over a tracklet's clips, then
-    `finish_tracklet` divides: eq. 9 and abar over every frame of the tracklet."""
+    `finish_tracklet` divides: eq. 9 and abar over every frame of the tracklet.
+
+    frame_weight [B, T] (evaluation and export): 0 for a frame repeated to pad a
+    tracklet's last clip, so every frame of the tracklet counts once."""
     s = outputs["attention_scores"]
     f = outputs["part_features"]
     frame_embedding = outputs["frame_embedding"]
-    frames = tf.cast(tf.shape(frame_embedding)[1], tf.float32)
-    return {"global_sum": tf.reduce_sum(frame_embedding, 1),
-            "frames": tf.fill([tf.shape(s)[0], 1], frames),
-            "weighted_parts": tf.reduce_sum(s[..., None] * f, 1),
-            "part_weight": tf.reduce_sum(s, 1),
-            "part_sum": tf.reduce_sum(f, 1)}
+    if frame_weight is None:
+      frame_weight = tf.ones(tf.shape(s)[:2], s.dtype)
+    w = tf.cast(frame_weight, s.dtype)
+    return {"global_sum": tf.reduce_sum(w[..., None] * frame_embedding, 1),
+            "frames": tf.reduce_sum(w, 1, keepdims=True),
+            "weighted_parts": tf.reduce_sum((w[..., None] * s)[..., None] * f, 1),
+            "part_weight": tf.reduce_sum(w[..., None] * s, 1),
+            "part_sum": tf.reduce_sum(w[..., None, None] * f, 1)}
 
   def finish_tracklet(self, sums, count):
     """Eq. 9 over all frames (or the mean, temporal_attention off); part weights sum_t s
@@ -426,6 +432,26 @@ class Stal(ConfigKeysMixin, keras.Model):
   def distance_functions(self):
     return {"global": self.global_distance, "local": self.local_distance,
             "learned": self.pairwise_distance}
+
+  def attention_overlays(self, inputs, outputs):
+    """TensorBoard and `python -m tfreid.visualize` (`tfreid.visualize`): per clip, its
+    frames with the six part boxes of eq. 7 (colours `visualize.PART_COLORS`, in
+    PART_NAMES order) and under each frame six bars, the T x R scores s^{r,t} of STAN in
+    the same colours (scaled to the clip's largest score); below, each frame with every
+    part's box painted by its score (``attention_boxes``) as a heat map."""
+    clips = inputs["clips"]
+    height, width = int(clips.shape[2]), int(clips.shape[3])
+    boxes = tf.cast(outputs["part_boxes"], tf.float32)              # [B, T, R, 4] x1 y1 x2 y2
+    scale = tf.constant([height - 1.0, width - 1.0, height - 1.0, width - 1.0])
+    fractions = tf.gather(boxes, [1, 0, 3, 2], axis=-1) / tf.maximum(scale, 1.0)
+    colors = visualize.PART_COLORS[:NUM_PARTS]
+    pictures = []
+    for b in range(int(clips.shape[0])):
+      boxed = visualize.draw_boxes(clips[b], fractions[b], colors)
+      rows = [visualize.weight_bars(boxed, outputs["attention_scores"][b], colors=colors),
+              visualize.heatmap_overlay(clips[b], outputs["attention_boxes"][b])]
+      pictures.append(visualize.clip_strip(rows))
+    return {"parts": tf.stack(pictures)}
 
   def summary_scalars(self, outputs, batch):
     del batch
