@@ -34,12 +34,23 @@ Paper's configuration (sections III, IV, V-B; ``siamese_convgru`` = ``:ilidsvid`
 
 Library choices where the paper is silent (each also in the code): learning rate 1e-4,
 RMSProp rho 0.9 and momentum 0 (RMSProp as in its reference, Tieleman and Hinton; the
-library's default momentum 0.9 is switched off), constant schedule; ConvGRU kernels
-Glorot-uniform rather than the paper's U[-1, 1], which saturates the gates at a
-3 x 3 x 1024 fan-in (`--override=model.siamese_convgru.gru_init_range=1.0` reproduces the
-paper); v of eq. 8 starts at 1/32, c at 0; the distance is 1 - s (eval.distance=model;
-section V-C ranks by "Euclidean distances", `--override=eval.distance=euclidean`). Test-time
-augmentation of sequences shorter than 128 frames (section V-B) is not implemented.
+library's default momentum 0.9 is switched off), constant schedule; v of eq. 8 starts at
+1/32, c at 0; the distance is 1 - s (eval.distance=model; section V-C ranks by "Euclidean
+distances", `--override=eval.distance=euclidean`). The ConvGRU kernels start from the
+paper's U[-1, 1] (section V-B). Glorot-uniform (`--override=
+model.siamese_convgru.gru_init_range=0`) is an option only: eq. 4 scales the cube by the
+attention weights (about 1/K^2 each), so Glorot kernels leave the first layer almost no
+input drive, h_bar starts nearly equal for every sequence, eq. 8's bilinear logit has no
+gradient there and eq. 9's penalty (minimal at uniform attention) pulls the state to 0: the
+pair loss stays at log 2 (SiameseConvGRU's docstring).
+
+Not implemented: test-time augmentation of sequences shorter than 128 frames (section V-B:
+similarity scores averaged over augmentation conditions); Fisher-vector pooling (eq. 10,
+table IV, evaluation only); the metric-learning rows of table VII (PCA to 150 dimensions,
+then LFDA or KISSME fitted on the training features):
+
+  table VII        +LFDA    iLIDS-VID 61.4/83.4/91.0/97.9  PRID 75.7/94.8/98.3/98.8  MARS 71.3/85.1/89.5/96.9
+                   +KISSME  iLIDS-VID 61.9/86.8/94.7/98.6  PRID 77.0/96.4/99.2/99.4  MARS 73.5/85.0/89.5/97.5
 
 Paper's reported results (CMC rank-1 / 5 / 10 / 20; iLIDS-VID, PRID-2011, MARS):
 
@@ -56,13 +67,24 @@ Paper's reported results (CMC rank-1 / 5 / 10 / 20; iLIDS-VID, PRID-2011, MARS):
   table IV (pooling)
   max_pool         max pooling over time             59.4/58.6(sic)/83.8/90.4  72.4/90.8/96.0/96.2  66.8/81.1/86.7/91.2
   mean_pool        average pooling (section V-B's "average pooled"; no row of its own)
-  (Fisher vector pooling, evaluation only, 63.2/80.9/92.2/97.5 · 79.2/92.7/97.4/98.1 ·
-  70.4/85.0/89.6/93.2: not implemented.)
+  (none)           Fisher vector pooling (eq. 10)    63.2/80.9/92.2/97.5    79.2/92.7/97.4/98.1    70.4/85.0/89.6/93.2
+                   (evaluation only; not implemented)
 
-Every variant is a full configuration: `--experiment=siamese_convgru:k9_1` etc. The kernel
-rows follow table II: 3 x 3 into layer 1, then the named kernels for layers 2 and 3 (both
-input-to-state and state-to-state). Table VIII (trained on MARS, tested on iLIDS-VID /
-PRID-2011, rank-1 49.2 / 61.4): train `siamese_convgru:mars`, then
+Every variant is a full configuration. The command of a row (VARIANT as in the first
+column; "" is the plain `siamese_convgru`), per dataset:
+
+    python -m tfreid.splits --experiment=siamese_convgru:VARIANT --data_dir=DATA/ilidsvid \
+        --model_dir=runs/sc_VARIANT_ilidsvid        # iLIDS-VID, 10 splits
+    python -m tfreid.splits --experiment=siamese_convgru:VARIANT --data_dir=DATA/prid2011 \
+        --model_dir=runs/sc_VARIANT_prid2011        # PRID-2011, 10 splits
+    python -m tfreid.train --experiment=siamese_convgru:VARIANT --data_dir=DATA/mars \
+        --override=trainer.epochs=2000 --model_dir=runs/sc_VARIANT_mars   # MARS
+    python -m tfreid.evaluate --model_dir=runs/sc_VARIANT_mars
+
+The kernel rows follow table II: 3 x 3 into layer 1, then the named kernels for layers 2
+and 3 (both input-to-state and state-to-state). Table VIII (trained on MARS, tested on
+iLIDS-VID / PRID-2011, rank-1/10/20 49.2/87.6/92.1 / 61.4/91.2/94.7): train
+`siamese_convgru:mars`, then
 `python -m tfreid.evaluate --model_dir=runs/sc_mars --data_dir=DATA/prid2011 --split=all`.
 
 Variants:

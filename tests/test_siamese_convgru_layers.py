@@ -364,3 +364,32 @@ def test_cross_camera_keys_pick_distinct_cameras_first():
     chosen = np.argsort(got[n])[:2]
     if count[n] >= 2 and len(set(cams[n, :count[n]])) >= 2:
       assert cams[n, chosen[0]] != cams[n, chosen[1]]
+
+
+def test_attention_overlay_puts_the_spatial_maps_and_temporal_bars_under_the_frames():
+  """The hook's picture, rebuilt by hand: frames on top (1-pixel white gaps), below each
+  frame its map as a heat map and under it a white bar as long as alpha_t / max alpha."""
+  from tfreid import visualize  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  clips = rng.integers(0, 256, (2, 3, 8, 4, 3)).astype(np.uint8)
+  spatial = rng.random((2, 3, 2, 1)).astype(np.float32)
+  temporal = np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]], np.float32)
+  pictures = SiameseConvGRU.attention_overlays(
+      None, {"clips": tf.constant(clips)},
+      {"attention_spatial": tf.constant(spatial), "attention_temporal": tf.constant(temporal)})
+  images = pictures["where_and_when"].numpy()
+  bar = 4
+  assert images.shape == (2, 8 + 1 + 8 + bar, 3 * 4 + 2, 3)
+  for b in range(2):
+    for t in range(3):
+      column = slice(t * 5, t * 5 + 4)
+      np.testing.assert_allclose(images[b, :8, column], clips[b, t] / 255.0, atol=1e-6)
+      heat = visualize.heatmap_overlay(clips[b, t:t + 1], spatial[b, t:t + 1]).numpy()[0]
+      np.testing.assert_allclose(images[b, 9:17, column], heat, atol=1e-6)
+      filled = int(np.sum(images[b, 17, column, 0] == 1.0))
+      assert filled == int(np.ceil(temporal[b, t] / temporal[b].max() * 4 - 1e-6))
+    assert (images[b, 8] == 1.0).all()  # the gap between the rows
+  # Max pooling weights no frame: the maps only.
+  pictures = SiameseConvGRU.attention_overlays(
+      None, {"clips": tf.constant(clips)}, {"attention_spatial": tf.constant(spatial)})
+  assert pictures["where_and_when"].shape == (2, 17, 14, 3)

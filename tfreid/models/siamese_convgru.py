@@ -88,8 +88,9 @@ class SiameseConvGRUConfig:
   dropout: float = 0.7
   # Gate biases (eq. 5 has none).
   gru_bias: bool = False
-  # 0: Glorot-uniform ConvGRU kernels (library default); r: U[-r, r] (section V-B: 1).
-  gru_init_range: float = 0.0
+  # r > 0: ConvGRU kernels drawn from U[-r, r] (section V-B: U[-1, 1]); 0: Glorot-uniform
+  # (library option; see SiameseConvGRU for why it is not the default).
+  gru_init_range: float = 1.0
   # Initial value of every entry of v (eq. 8); library choice, see SiameseConvGRU.
   similarity_init: float = 0.03125
 
@@ -138,7 +139,18 @@ class SiameseConvGRU(keras.Model):
     channels, kernel_sizes, pool, spatial_attention, dropout: see
       :class:`tfreid.layers.attentive_conv_gru.AttentiveConvGRUStack`.
     temporal_pooling: see :class:`TemporalAttentionPooling`.
-    gru_bias, gru_init_range: see :class:`tfreid.layers.conv_gru.ConvGRUCell`.
+    gru_bias, gru_init_range: see :class:`tfreid.layers.conv_gru.ConvGRUCell`. The kernels
+      start from the paper's U[-1, 1] (section V-B). Eq. 4 scales the cube by m_t (sum_i
+      m_{t,i} = 1, so about 1/K^2 per location): the first layer's input is K^2 times smaller
+      than the CNN features, and U[-1, 1] gives its 3 x 3 x 1024 fan-in a drive of order 1
+      (std ~ sqrt(9 * 1024 / 3) |X| / 49 ~ 1.1 |X|); the recurrent kernels do saturate some
+      gates. Glorot-uniform (``gru_init_range=0``, a library option) leaves that drive near
+      0: h_bar is then nearly the same small vector for every sequence, where eq. 8's
+      bilinear logit has almost no gradient, while eq. 9's penalty, minimal at uniform
+      attention, pulls h_{t-1} (the input of eq. 3) towards 0. RMSProp moves every weight by
+      about the rate whatever the size of its gradient, so the tower collapses to h_bar ~ 0
+      and the pair loss stays at log 2 (measured on ``siamese_convgru:synthetic``:
+      retrieval at chance; ``tests/test_siamese_convgru_learning.py``).
     similarity_init: initial entries of v. Library choice: the paper does not say how v
       and c start. v = 1/32 (1/sqrt(1024)) makes the initial logit a scaled inner product
       of the two features, of order 1 rather than of order F, so the sigmoid starts
@@ -152,7 +164,7 @@ class SiameseConvGRU(keras.Model):
                backbone_width: float = 1.0, channels=(128, 256, 256), kernel_sizes=(3, 5, 5),
                pool: bool = True, spatial_attention: str = "learned",
                temporal_pooling: str = "attention", dropout: float = 0.7,
-               gru_bias: bool = False, gru_init_range: float = 0.0,
+               gru_bias: bool = False, gru_init_range: float = 1.0,
                similarity_init: float = 0.03125, height: int = 224, width: int = 224,
                **kwargs):
     kwargs.setdefault("name", "siamese_convgru")
@@ -239,6 +251,31 @@ class SiameseConvGRU(keras.Model):
     if alpha is not None:
       outputs["attention_temporal"] = tf.cast(alpha, tf.float32)
     return outputs
+
+  def attention_overlays(self, inputs, outputs):
+    """Where and when the model looked, drawn on the clip's frames (`tfreid.visualize`
+    hook: TensorBoard `attention/where_and_when`, `python -m tfreid.visualize`). Per clip,
+    one picture: the frames (top row), then the spatial attention m_t of eq. 3 of every
+    frame as a heat map over it (each map scaled to its own minimum and maximum: a nearly
+    uniform map still shows where it is highest), with the temporal weight alpha_t of eq. 6
+    as a bar under the frame (scaled to the clip's largest weight; no bar with max or mean
+    pooling, where no frame is weighted). One picture rather than the default two: the
+    paper's point is the pair, which frame matters and where in it.
+    """
+    from tfreid import visualize  # pylint: disable=import-outside-toplevel
+    spatial = outputs.get("attention_spatial")
+    if spatial is None:
+      return {}
+    temporal = outputs.get("attention_temporal")
+    clips = inputs["clips"]
+    pictures = []
+    for b in range(int(clips.shape[0])):
+      frames = clips[b]
+      maps = visualize.heatmap_overlay(frames, tf.cast(spatial[b], tf.float32))
+      if temporal is not None:
+        maps = visualize.weight_bars(maps, tf.cast(temporal[b], tf.float32))
+      pictures.append(visualize.clip_strip([frames, maps]))
+    return {"where_and_when": tf.stack(pictures)}
 
   # ------------------------------------------------------------------ method contract
 
