@@ -129,14 +129,18 @@ def test_init_checkpoint_oim_table_only_for_the_same_identities(data, tmp_path, 
   table = _oim_table(source)
   assert table.shape == (6, 8) and np.abs(table).sum() > 0
 
-  def initialised(data_dir, *overrides):
+  def initialised(data_dir, strategy=None):
     keras.utils.set_random_seed(0)
-    config = tiny(data_dir, "synthetic", f"trainer.init_checkpoint={source_dir}", *overrides)
+    config = tiny(data_dir, "synthetic", f"trainer.init_checkpoint={source_dir}")
     return trainer_lib.Trainer(config, str(tmp_path / f"run{len(list(tmp_path.iterdir()))}"),
-                               strategy=first_cpu_strategy())
+                               strategy=strategy or first_cpu_strategy())
 
-  # No config.yaml beside the checkpoint: the shapes decide.
+  # No config.yaml beside the checkpoint: the shapes decide. Two replicas: every copy of
+  # the mirrored table is restored.
   np.testing.assert_array_equal(_oim_table(initialised(data)), table)
+  (term,) = [t for t in initialised(data, two_cpu_strategy()).loss_terms if t.name == "oim"]
+  for copy in term.table.values:
+    np.testing.assert_array_equal(copy.numpy(), table)
   other_count = str(tmp_path / "other_count")
   data_fixtures.write_tiny_dataset(other_count, num_ids=4, tracklets_per_id=2,
                                    num_frames=(3, 9), height=32, width=16, seed=2)
