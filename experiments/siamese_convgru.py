@@ -44,13 +44,17 @@ input drive, h_bar starts nearly equal for every sequence, eq. 8's bilinear logi
 gradient there and eq. 9's penalty (minimal at uniform attention) pulls the state to 0: the
 pair loss stays at log 2 (SiameseConvGRU's docstring).
 
-Not implemented: test-time augmentation of sequences shorter than 128 frames (section V-B:
-similarity scores averaged over augmentation conditions); Fisher-vector pooling (eq. 10,
-table IV, evaluation only); the metric-learning rows of table VII (PCA to 150 dimensions,
-then LFDA or KISSME fitted on the training features):
+Table VII's metric-learning rows (PCA to 150 dimensions, then LFDA or KISSME fitted on the
+training tracklets' features; evaluation only, tfreid/metric_learning.py), on a trained run:
 
   table VII        +LFDA    iLIDS-VID 61.4/83.4/91.0/97.9  PRID 75.7/94.8/98.3/98.8  MARS 71.3/85.1/89.5/96.9
                    +KISSME  iLIDS-VID 61.9/86.8/94.7/98.6  PRID 77.0/96.4/99.2/99.4  MARS 73.5/85.0/89.5/97.5
+
+    python -m tfreid.metric_learning --model_dir=runs/sc --method=lfda     # or kissme
+
+Not implemented: test-time augmentation of sequences shorter than 128 frames (section V-B:
+similarity scores averaged over augmentation conditions); Fisher-vector pooling (eq. 10,
+table IV, evaluation only).
 
 Paper's reported results (CMC rank-1 / 5 / 10 / 20; iLIDS-VID, PRID-2011, MARS):
 

@@ -393,3 +393,22 @@ def test_attention_overlay_puts_the_spatial_maps_and_temporal_bars_under_the_fra
   pictures = SiameseConvGRU.attention_overlays(
       None, {"clips": tf.constant(clips)}, {"attention_spatial": tf.constant(spatial)})
   assert pictures["where_and_when"].shape == (2, 17, 14, 3)
+
+
+def test_summary_scalars_are_the_attention_peaks_and_the_embedding_spread():
+  rng = np.random.default_rng(4)
+  spatial = rng.random((3, 2, 2, 2)).astype(np.float32)
+  temporal = rng.random((3, 2)).astype(np.float32)
+  embedding = rng.normal(size=(3, 5)).astype(np.float32)
+  outputs = {"attention_spatial": tf.constant(spatial),
+             "attention_temporal": tf.constant(temporal), "embedding": tf.constant(embedding)}
+  scalars = SiameseConvGRU.summary_scalars(None, outputs, {})
+  peaks = [max(spatial[b, t].ravel()) for b in range(3) for t in range(2)]
+  assert float(scalars["spatial_attention_peak"]) == pytest.approx(np.mean(peaks), rel=1e-6)
+  assert float(scalars["temporal_attention_peak"]) == pytest.approx(
+      np.mean([max(temporal[b]) for b in range(3)]), rel=1e-6)
+  spread = np.mean([np.sqrt(np.mean((embedding[:, f] - embedding[:, f].mean()) ** 2))
+                    for f in range(5)])
+  assert float(scalars["embedding_spread"]) == pytest.approx(spread, rel=1e-5)
+  del outputs["attention_temporal"]
+  assert "temporal_attention_peak" not in SiameseConvGRU.summary_scalars(None, outputs, {})

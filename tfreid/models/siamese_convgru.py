@@ -277,6 +277,30 @@ class SiameseConvGRU(keras.Model):
       pictures.append(visualize.clip_strip([frames, maps]))
     return {"where_and_when": tf.stack(pictures)}
 
+  def summary_scalars(self, outputs, batch):
+    """Scalars logged while training (`metrics/<name>`):
+
+    - ``spatial_attention_peak``: the largest m_{t,i} of a frame (eq. 3), averaged; 1/K^2
+      is uniform attention, 1 a single location;
+    - ``temporal_attention_peak``: the largest alpha_t of a clip (eq. 6), averaged (with
+      attention pooling);
+    - ``embedding_spread``: the standard deviation of h_bar over the batch, averaged over
+      its entries: how much the sequences' features differ. Near 0 the pair logits of eq. 8
+      are all alike and the pair loss stays at log 2 (the collapse the U[-1, 1]
+      initialisation avoids, see the class docstring).
+    """
+    del batch
+    spatial = tf.cast(outputs["attention_spatial"], tf.float32)
+    scalars = {
+        "spatial_attention_peak": tf.reduce_mean(tf.reduce_max(spatial, axis=[2, 3])),
+        "embedding_spread": tf.reduce_mean(
+            tf.math.reduce_std(tf.cast(outputs["embedding"], tf.float32), axis=0)),
+    }
+    if "attention_temporal" in outputs:
+      scalars["temporal_attention_peak"] = tf.reduce_mean(
+          tf.reduce_max(tf.cast(outputs["attention_temporal"], tf.float32), axis=1))
+    return scalars
+
   # ------------------------------------------------------------------ method contract
 
   def similarity(self, a, b):
