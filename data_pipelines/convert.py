@@ -23,10 +23,14 @@ tracklets go into which partition. Output (`--output_dir`):
 
 Bad input: a missing metadata file is an error naming it and the expected layout; file
 names that disagree with the metadata are an error naming the tracklet; frames that are
-missing, empty, unreadable or do not decode are skipped and listed in
+missing, empty, unreadable, do not decode or are damaged (tfreid/data/image_check.py) are
+skipped and listed in
 `manifest["skipped_frames"]`; tracklets left without frames are listed in
 `manifest["dropped_tracklets"]`. An interrupted conversion re-run with the same flags
-resumes; the output is identical for identical input whatever `--num_workers` is.
+resumes (finished shards are verified first and converted again when damaged); the output
+is identical for identical input whatever `--num_workers` is. Exit codes: 1 for bad input
+(one line `error: ...`), 4 when the disk is full (one line; run the same command again
+once there is space).
 
 `--optical_flow` adds per-frame flow (data_pipelines/optical_flow.py, for A3D);
 `--keypoints=FILE` adds per-frame body joints (data_pipelines/keypoints.py, for STAL).
@@ -35,6 +39,7 @@ resumes; the output is identical for identical input whatever `--num_workers` is
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import shutil
@@ -58,6 +63,7 @@ from tfreid.data import schema
 
 DATASETS = ("mars", "ilidsvid", "prid2011", "dukev", "folder")
 TRACKLET_INDEX = "tracklets.csv"
+EXIT_DISK_FULL = 4  # as tfreid.console.EXIT_DISK_FULL
 KEYPOINT_WORK_DIR = ".keypoints.tmp"
 
 
@@ -265,6 +271,13 @@ def main(argv):
   except (shards.ConversionError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    print(f"error: no space left on the device ({e}). Finished shards are complete (each is "
+          "written under a temporary name and renamed): free some space and run the same "
+          "command to resume.", file=sys.stderr)
+    return EXIT_DISK_FULL
   from data_pipelines import inspect as inspect_lib  # pylint: disable=import-outside-toplevel
   print(inspect_lib.summarize(manifest))
   print(f"wrote {FLAGS.output_dir}/{schema.MANIFEST_NAME}")

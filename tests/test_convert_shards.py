@@ -272,3 +272,33 @@ def test_resume_reconverts_a_finished_shard_damaged_in_place(tmp_path, capsys, d
                                           lines[0]), lines
   assert _digest(dst) == want
   assert {n: os.stat(dst / n).st_mtime_ns for n in others} == stamps
+
+
+def test_disk_full_ends_the_converter_with_code_4_and_the_rerun_resumes(tmp_path):
+  """A real ENOSPC from the kernel: the state file's temporary name is /dev/full."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  src, dst = tmp_path / "mars", tmp_path / "out"
+  fakes.write_mars(str(src))
+  args = [sys.executable, "-m", "data_pipelines.convert", "--dataset=mars",
+          f"--input_dir={src}", f"--output_dir={dst}", "--num_workers=1", "--noprogress",
+          f"--shard_size_mb={6000 / 2**20}"]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  run = lambda: subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True,
+                               timeout=240)
+  assert run().returncode == 0
+  want = _digest(dst)
+  os.symlink("/dev/full", dst / (shards.STATE_NAME + ".tmp"))
+  proc = run()
+  assert proc.returncode == 4, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: no space left on the device ([Errno 28] No space left on "
+                         "device") and last.endswith("run the same command to resume."), last
+  os.remove(dst / (shards.STATE_NAME + ".tmp"))  # (read, /dev/full never ends)
+  assert _digest(dst) == want  # shards, manifest and index as they were
+  proc = run()
+  assert proc.returncode == 0 and "resuming: " in proc.stderr and "re-converting" not in \
+      proc.stderr, proc.stderr[-2000:]
+  assert _digest(dst) == want
