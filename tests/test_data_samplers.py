@@ -222,3 +222,23 @@ def test_unknown_sampler_names_the_choices():
     samplers.sample_train_clip("bogus", 5, 4, 1, tf.constant([0, 0], tf.int64))
   with pytest.raises(ValueError, match="dense, chunk_first"):
     samplers.test_clips("bogus", 5, 4)
+
+
+def test_first_occurrences_mark_the_padding_repeats():
+  # 10 frames in dense clips of 4: the last clip is 8, 9, 8, 9.
+  clips = samplers.test_clips("dense", 10, 4)
+  np.testing.assert_array_equal(samplers.first_occurrences(clips).numpy(),
+                                [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]])
+  # 2 frames in one clip of 4: 0, 1, 0, 1.
+  np.testing.assert_array_equal(
+      samplers.first_occurrences(samplers.test_clips("dense", 2, 4)).numpy(), [[1, 1, 0, 0]])
+  # Stride 3 over 7 frames, clips of 2: every frame counted once in total.
+  clips = samplers.test_clips("dense", 7, 2, 3)
+  weights = samplers.first_occurrences(clips).numpy()
+  assert weights.sum() == 7
+  counted = clips.numpy()[weights == 1]
+  assert sorted(counted.tolist()) == list(range(7))
+  # random_length: L = 3 drawn frames tiled to 4: the fourth is fill.
+  np.testing.assert_array_equal(samplers.random_length_weights(3, 4).numpy(), [[1, 1, 1, 0]])
+  np.testing.assert_array_equal(samplers.random_length_weights(8, 4).numpy(),
+                                np.ones((2, 4)))

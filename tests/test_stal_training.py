@@ -87,21 +87,28 @@ def test_every_term_trains_and_a_resumed_run_equals_a_straight_one(data, tmp_pat
 
 
 def _reference(config, model, partition):
-  """Per-clip outputs of the test pipeline merged in NumPy over all frames (eq. 9)."""
+  """Per-clip outputs of the test pipeline merged in NumPy over all frames (eq. 9), each
+  frame once: the c-th dense clip of a tracklet of n frames holds frames cT .. cT + T - 1,
+  those from n on being repeats that pad the last clip."""
   dataset = pipeline.make_test_dataset(config, partition, protocol=None,
                                        streams=("clips", "keypoints"))
-  sums = {}
+  num_frames = reader.load_partition(config.data.data_dir, partition).num_frames
+  sums, clips_seen = {}, {}
   for batch in dataset:
     out = model({k: batch[k] for k in ("clips", "keypoints")}, training=False)
     s = out["attention_scores"].numpy().astype(np.float64)
     f = out["part_features"].numpy().astype(np.float64)
     g = out["frame_embedding"].numpy().astype(np.float64)
+    t = g.shape[1]
     for i, row in enumerate(batch["index"].numpy()):
+      c = clips_seen.get(int(row), 0)
+      clips_seen[int(row)] = c + 1
+      keep = c * t + np.arange(t) < num_frames[row]
       acc = sums.setdefault(int(row), [0.0, 0.0, 0.0, 0])
-      acc[0] = acc[0] + (s[i][..., None] * f[i]).sum(0)
-      acc[1] = acc[1] + s[i].sum(0)
-      acc[2] = acc[2] + g[i].sum(0)
-      acc[3] += g.shape[1]
+      acc[0] = acc[0] + (s[i][keep][..., None] * f[i][keep]).sum(0)
+      acc[1] = acc[1] + s[i][keep].sum(0)
+      acc[2] = acc[2] + g[i][keep].sum(0)
+      acc[3] += int(keep.sum())
   rows = sorted(sums)
   return {"parts": np.stack([sums[r][0] / sums[r][1][:, None] for r in rows]),
           "part_weight": np.stack([sums[r][1] for r in rows]),

@@ -537,7 +537,9 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
       random per tracklet (`samplers.random_length_indices`, eval.query_seq_len /
       gallery_seq_len), seeded by (length_seed, the tracklet's position).
 
-  Elements: the batch contract of data/__init__.py plus `index` int32 [B].
+  Elements: the batch contract of data/__init__.py plus `index` int32 [B] (the tracklet's
+  position) and `frame_weight` float32 [B, T] (1 for a frame's first appearance among its
+  tracklet's test clips, 0 for a repeat: `samplers.first_occurrences`).
   """
   data = _data_config(config, streams)
   if index is None:
@@ -559,16 +561,19 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
     if num_frames:
       clip_index = samplers.random_length_indices(
           tf.gather(tables.num_frames, row), num_frames, t, tf.stack([length_seed, row]))
+      weights = samplers.random_length_weights(num_frames, t)
     else:
       clip_index = samplers.test_clips(sampler, tf.gather(tables.num_frames, row), t,
                                        data.test_sample_stride)
+      weights = samplers.first_occurrences(clip_index)
 
-    def one(frame_index):
+    def one(frame_index, frame_weight):
       clip = {key: tf.gather(v, frame_index) for key, v in arrays.items() if key != "valid"}
       clip["valid"] = arrays["valid"]
-      return {"arrays": clip, "row": row, "meta": meta, "frame_index": frame_index}
+      return {"arrays": clip, "row": row, "meta": meta, "frame_index": frame_index,
+              "frame_weight": frame_weight}
 
-    return tf.data.Dataset.from_tensor_slices(clip_index).map(_plain(one))
+    return tf.data.Dataset.from_tensor_slices((clip_index, weights)).map(_plain(one))
 
   ds = tf.data.Dataset.range(len(index)).map(_plain(read), num_parallel_calls=2,
                                              deterministic=True)
@@ -581,6 +586,7 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
   def decode(el):
     out = _decode(el["arrays"], el["meta"], params, plan, data, spec, el["frame_index"])
     out["index"] = el["row"]
+    out["frame_weight"] = el["frame_weight"]
     return out
 
   ds = ds.map(_plain(decode), num_parallel_calls=_parallel_calls(), deterministic=True)

@@ -254,6 +254,28 @@ def test_clips(sampler: str, num_frames, seq_len: int, stride: int = 1) -> tf.Te
                    f"{', '.join(TEST_SAMPLERS)}.")
 
 
+def first_occurrences(clip_index) -> tf.Tensor:
+  """[C, T] frame indices -> float32 [C, T]: 1 where a frame appears for the first time
+  (row-major order), 0 where it repeats (the cyclic padding of a tracklet's last clip).
+  A method that sums over every frame of a tracklet weighs frames by this, so each counts
+  once (`tfreid.models.contract.tracklet_statistics`)."""
+  clip_index = tf.convert_to_tensor(clip_index)
+  flat = tf.reshape(clip_index, [-1])
+  _, slot = tf.unique(flat)
+  positions = tf.range(tf.size(flat))
+  first = tf.math.unsorted_segment_min(positions, slot, tf.reduce_max(slot) + 1)
+  return tf.reshape(tf.cast(tf.equal(tf.gather(first, slot), positions), tf.float32),
+                    tf.shape(clip_index))
+
+
+def random_length_weights(length: int, seq_len: int) -> tf.Tensor:
+  """[ceil(L / T), T] float32 weights of `random_length_indices`' clips: 1 for the L drawn
+  frames (the paper's complementing repeats included), 0 for the cyclic fill after them."""
+  num_clips = -(-length // seq_len)
+  return tf.reshape(tf.cast(tf.range(num_clips * seq_len) < length, tf.float32),
+                    [num_clips, seq_len])
+
+
 def num_test_clips(sampler: str, num_frames, seq_len: int, stride: int = 1):
   """Clips per tracklet of a test sampler (numpy or Python ints in, same out)."""
   _check_test_stride(sampler, stride)

@@ -20,11 +20,14 @@ The model (every method optional; the default in brackets):
   ``call(inputs, training)``                        a dict of the declared streams -> a dict
                                                     of float outputs with ``embedding``
                                                     [B, D] (and what its losses read).
-  ``tracklet_statistics(outputs) -> dict``          per-clip values that are *summed* over
+  ``tracklet_statistics(outputs[, frame_weight])``  per-clip values that are *summed* over
                                                     a tracklet's clips [``embedding``, and
                                                     with a learned metric its
                                                     ``distance_inputs`` or every output but
-                                                    ``logits``].
+                                                    ``logits``]; with the keyword
+                                                    ``frame_weight`` [B, T] (0 for a
+                                                    repeated padding frame) it counts
+                                                    every frame once.
   ``finish_tracklet(sums, count) -> dict``          the tracklet representation from those
                                                     sums (float32 tensors [N, ...]) and the
                                                     clip count (float32 [N]) [the mean].
@@ -56,6 +59,7 @@ be neither saved nor restored. The trainer and the restore path refuse such a mo
 from __future__ import annotations
 
 import fnmatch
+import inspect
 
 import numpy as np
 import tensorflow as tf
@@ -82,10 +86,29 @@ def has_learned_metric(model) -> bool:
   return callable(getattr(model, "pairwise_distance", None))
 
 
-def tracklet_statistics(model, outputs: dict) -> dict:
-  """Per-clip values summed over a tracklet's clips (float32)."""
+def takes_frame_weight(model) -> bool:
+  """Whether the model's `tracklet_statistics` takes the `frame_weight` keyword."""
+  method = getattr(model, "tracklet_statistics", None)
+  if method is None:
+    return False
+  try:
+    return "frame_weight" in inspect.signature(method).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def tracklet_statistics(model, outputs: dict, frame_weight=None) -> dict:
+  """Per-clip values summed over a tracklet's clips (float32).
+
+  frame_weight: float32 [B, T], 1 for a frame's first appearance among its tracklet's test
+  clips and 0 for a repeat (a tracklet's last clip is padded with repeats); passed to a
+  model whose `tracklet_statistics` takes it, so that sums over frames count each frame
+  once."""
   if hasattr(model, "tracklet_statistics"):
-    stats = model.tracklet_statistics(outputs)
+    if frame_weight is not None and takes_frame_weight(model):
+      stats = model.tracklet_statistics(outputs, frame_weight=frame_weight)
+    else:
+      stats = model.tracklet_statistics(outputs)
   else:
     keys = ["embedding"]
     if has_learned_metric(model):

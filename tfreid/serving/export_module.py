@@ -373,6 +373,7 @@ class ReidExportModule(tf.Module):
     _assert_same_frames(inputs, EMBED_TRACKLET, axes=3)
     clip_index = samplers.test_clips(self.test_sampler, tf.shape(inputs["clips"])[0],
                                      self.seq_len, self.test_stride)
+    frame_weight = samplers.first_occurrences(clip_index)
     num_clips = tf.shape(clip_index)[0]
     step = self.tracklet_batch_size
 
@@ -380,7 +381,8 @@ class ReidExportModule(tf.Module):
       rows = clip_index[start:start + step]
       clips = {k: tf.gather(v, rows) for k, v in inputs.items()}  # [b, T, ...]
       outputs = self._model(self._model_inputs(clips), training=False)
-      statistics = contract.tracklet_statistics(self._model, outputs)
+      statistics = contract.tracklet_statistics(self._model, outputs,
+                                                frame_weight[start:start + step])
       # Summed in float64, as extract_features does, then finished once.
       return {k: tf.reduce_sum(tf.cast(v, tf.float64), 0, keepdims=True)
               for k, v in statistics.items()}

@@ -83,7 +83,7 @@ def _feature_function(model, streams):
     def run(batch):
       model = model_ref()
       outputs = model(streams_lib.model_inputs(batch, key), training=False)
-      return contract.tracklet_statistics(model, outputs)
+      return contract.tracklet_statistics(model, outputs, batch.get("frame_weight"))
 
     functions[key] = run
   return functions[key]
