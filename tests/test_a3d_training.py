@@ -2,6 +2,7 @@
 included), a resumed run draws what a straight one would, the SavedModel takes clips and
 flow and reproduces the evaluation features; the client-side flow equals the converter's."""
 
+import glob
 import os
 
 import cv2
@@ -59,9 +60,11 @@ def test_two_replicas_equal_one_with_xla_sampled_actions_included(data, tmp_path
   the batch), so the triplet term is off; and BatchNorm's batch statistics, so the
   BatchNorm layers are frozen (inference mode). Without batch statistics the from-scratch
   network's activations are large, so the global gradient is clipped (the same on 1 and 2
-  replicas: the trainer clips the all-reduced gradient)."""
+  replicas: the trainer clips the all-reduced gradient). Two episodes per clip (eq. 12's M):
+  both episodes' actions agree too."""
   overrides = ["losses.triplet.weight=0", "runtime.jit_compile=true", "optimizer.name=sgd",
-               "optimizer.learning_rate=0.01", "optimizer.clip_global_norm=1.0", "trainer.freeze=['*_bn']"]
+               "optimizer.learning_rate=0.01", "optimizer.clip_global_norm=1.0", "trainer.freeze=['*_bn']",
+               "model.a3d.num_episodes=2"]
   one, v1 = _train(config_for(data, *overrides), tmp_path / "one", first_cpu_strategy())
   two, v2 = _train(config_for(data, *overrides), tmp_path / "two", two_cpu_strategy())
   assert v1["reinforce"] == pytest.approx(v2["reinforce"], rel=1e-4, abs=1e-6)
@@ -74,11 +77,19 @@ def test_two_replicas_equal_one_with_xla_sampled_actions_included(data, tmp_path
 
 
 def test_resumed_run_draws_what_a_straight_run_draws(data, tmp_path):
+  """Also: TensorBoard gets the mean reward, the value baseline's error and the bins drawn
+  on the frames (`attention_overlays`)."""
   config = config_for(data, "trainer.steps_per_epoch=2", "trainer.epochs=2",
-                      "runtime.jit_compile=false")
+                      "runtime.jit_compile=false", "trainer.image_summary_every_steps=2")
   straight, _ = _train(config, tmp_path / "straight", first_cpu_strategy())
+  tags = set()
+  for path in glob.glob(os.path.join(str(tmp_path / "straight"), "train", "events*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  assert {"attention/a3d_bins", "metrics/a3d_reward", "metrics/a3d_value_error",
+          "loss/reinforce"} <= tags
   half = config_for(data, "trainer.steps_per_epoch=2", "trainer.epochs=1",
-                    "runtime.jit_compile=false")
+                    "runtime.jit_compile=false", "trainer.image_summary_every_steps=2")
   _train(half, tmp_path / "resumed", first_cpu_strategy())
   resumed, _ = _train(config, tmp_path / "resumed", first_cpu_strategy())
   assert int(resumed.model.sample_step.numpy()) == 4
