@@ -452,6 +452,9 @@ def test_qan_quality_pooling_matches_numpy():
     np.testing.assert_allclose(out["attention_quality"].numpy()[b], mu, rtol=1e-5)
   assert out["logits"].shape == (2, 5)
   assert "a3d_log_prob" not in out
+  channels = g.shape[-1]
+  assert sum(int(np.prod(v.shape)) for v in model.quality.weights) == channels + 1
+  assert model.classifier.kernel.shape == (channels, 5)
   # Every quality underflowing to 0 still gives the weighted mean (no 0 / 0).
   model.quality.score.bias.assign([-1e4])
   pooled = model(x, training=False)["embedding"].numpy()

@@ -58,7 +58,9 @@ Parameters of the paper's configuration (N training identities, T = 4, table IV 
 | fc_v 256->1 (value baseline; the library's one-FC value network) | 257 |
 | F_c 3072->N | 3,073 N |
 
-Total 24,247,492 + 3,073 N (the agent: 461,188). The ResNet parts are ResNet-50's
+Total 24,247,492 + 3,073 N (the agent: 461,188). Table VII's QAN* has F_c 2048 -> N and one
+quality FC 2048 -> 1 (2,049) in place of the agent; separate attention* adds the 1 x 1
+spatial convolution 2048 -> 1 (2,049). The ResNet parts are ResNet-50's
 convolutions and BatchNorms without convolution biases (folded into BatchNorm when
 keras.applications weights load); F_img + F_g with a 3-channel stem is the 2-D ResNet-50
 without top of :mod:`tfreid.backbones.resnet2d`.
