@@ -585,6 +585,20 @@ def test_mixed_precision_policy_is_float32():
     assert model.agent.fc_att.kernel.dtype == "float32"
     assert model.agent.compute_dtype == "float32"
     assert np.all(np.isfinite(out["a3d_log_prob"].numpy()))
+    # A training step of the whole objective (CE + REINFORCE + value loss) under bfloat16:
+    # finite gradients reach the backbone, the agent and the value head.
+    labels = tf.constant([1, 3])
+    term = reinforce.ReinforceLoss()
+    with tf.GradientTape() as tape:
+      out = model(tiny_inputs(), training=True)
+      loss = (cross_entropy.label_smoothed_cross_entropy(out["logits"], labels, 0.0)
+              + term(out, {"labels": labels}))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None and np.all(np.isfinite(tf.cast(g, tf.float32).numpy()))
+               for g in grads)
+    before = model.agent.fc_v.kernel.numpy().copy()
+    keras.optimizers.Adam(1e-3).apply_gradients(zip(grads, model.trainable_variables))
+    assert not np.array_equal(before, model.agent.fc_v.kernel.numpy())
   finally:
     keras.mixed_precision.set_global_policy("float32")
 
