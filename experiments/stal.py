@@ -68,9 +68,9 @@ attention scores:
   Fig. 10 margins 0.4..2.0: --override=losses.global_triplet.margin=M
       --override=losses.local_triplet.margin=M.
   Fig. 11 probe x gallery lengths 1..128 (diagonal rank-1 0.55, 0.68, 0.76, 0.78, 0.79,
-      0.80, 0.81, 0.82; all x all 0.82): the test clip length is
-      --override=data.test_seq_len=L for both sides (different probe and gallery lengths
-      are not provided).
+      0.80, 0.81, 0.82; all x all 0.82): L_p frames drawn from each probe tracklet and L_g
+      from each gallery one, e.g. python -m tfreid.evaluate --model_dir=RUN
+      --override=eval.query_seq_len=4 --override=eval.gallery_seq_len=16 (0: all frames).
 
 Variants:
   ""             the paper's MARS configuration.
@@ -93,8 +93,6 @@ Variants:
   synthetic      a narrow network (width / 16) at 128 x 64, 4 x 4 part bins, 300 steps
                  without XLA, on the built-in synthetic dataset (README quickstart).
 
-Not provided yet ("missing"):
-  - Fig. 11 with different probe and gallery lengths (one data.test_seq_len serves both).
 """
 
 from tfreid import config as cfg
