@@ -23,8 +23,8 @@ tracklets go into which partition. Output (`--output_dir`):
 
 Bad input: a missing metadata file is an error naming it and the expected layout; file
 names that disagree with the metadata are an error naming the tracklet; frames that are
-missing, empty, unreadable, do not decode or are damaged (tfreid/data/image_check.py) are
-skipped and listed in
+missing, empty, unreadable, do not decode, are damaged (tfreid/data/image_check.py) or, for
+JPEG, make libjpeg warn (decoded strictly with simplejpeg) are skipped and listed in
 `manifest["skipped_frames"]`; tracklets left without frames are listed in
 `manifest["dropped_tracklets"]`. An interrupted conversion re-run with the same flags
 resumes (finished shards are verified first and converted again when damaged); the output

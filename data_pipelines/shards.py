@@ -9,12 +9,14 @@ pixels. `write_shards` turns an index into shards:
    byte-for-byte, so a shard is about that big; flow PNGs add to it). Groups never share a
    shard: "train" shards hold only train tracklets, "test" shards the rest, "all" shards
    either (10-split datasets). The plan depends on the input and the options only.
-2. Encode. Each tracklet is read, every frame validated by decoding it (`cv2.imdecode`,
-   gray, EXIF orientation ignored as TensorFlow's decoders do; OpenCV refuses a truncated
-   JPEG) and by the structural checks of `tfreid.data.image_check` (JPEG markers, segment
-   lengths, restart-marker order, end-of-image marker; PNG chunk CRCs: damage that libjpeg
-   only warns about and would decode), and its size recorded; a missing, unreadable,
-   empty, undecodable or damaged frame is skipped and listed; a tracklet left
+2. Encode. Each tracklet is read, every frame validated by decoding it to gray (EXIF
+   orientation ignored as TensorFlow's decoders do): a JPEG frame strictly, with
+   `simplejpeg` (libjpeg-turbo; a libjpeg warning such as "Corrupt JPEG data: ..." is an
+   error, where OpenCV and TensorFlow decode the frame anyway), other formats with
+   `cv2.imdecode`; and by the structural checks of `tfreid.data.image_check` (JPEG markers,
+   segment lengths, restart-marker order, end-of-image marker; PNG chunk CRCs), and its
+   size recorded (`decode_frame`); a missing, unreadable, empty, undecodable or damaged
+   frame, or a JPEG frame libjpeg warns about, is skipped and listed; a tracklet left
    without frames is dropped and listed. JPEG frames are kept byte-for-byte and PNG frames
    as they are; any other image format (folder datasets), or a tracklet that mixes JPEG with
    other formats, is stored as lossless PNG of the decoded pixels (counted). Optional flow
@@ -28,7 +30,8 @@ pixels. `write_shards` turns an index into shards:
    is always complete. After each shard, `.convert_state.json` records its record count,
    byte size and what it found. A re-run with the same input and options verifies finished
    shards (`verify_shard`: size, every record's CRCs, offsets and tracklet ids, every
-   frame's structure) and writes the others, and again any finished shard that fails
+   frame's structure, that the shard's frames passed the checks of this version,
+   `FRAME_CHECKS`) and writes the others, and again any finished shard that fails
    (one line says which and why); a re-run with different input or options refuses
    unless asked to overwrite.
 
@@ -59,6 +62,11 @@ from tfreid.data import schema
 
 STATE_NAME = ".convert_state.json"
 STATE_VERSION = 1
+# The frame checks every frame of a shard passed (recorded in its state entry): decoded
+# (JPEG strictly) and `image_check`. A finished shard recorded without them was written
+# before JPEG frames were decoded strictly and may hold a frame libjpeg warns about:
+# `verify_shard` fails it, and the re-run converts it again.
+FRAME_CHECKS = "decode+jpeg_strict+image_check"
 GROUPS = ("train", "test", "all")
 
 
@@ -259,6 +267,61 @@ def decode_gray(data: bytes):
   return img
 
 
+def decode_jpeg_gray_strict(data: bytes):
+  """Decodes JPEG bytes to uint8 gray [H, W] with `simplejpeg` in strict mode.
+
+  libjpeg(-turbo) only warns about some damage to the compressed data (for example
+  "Corrupt JPEG data: 48 extraneous bytes before marker 0xd9", when a flipped bit makes a
+  Huffman code end early) and decodes the image anyway; OpenCV and TensorFlow return that
+  image. Strict mode turns every libjpeg warning into an error.
+
+  The gray image is libjpeg's own (the luminance channel, accurate integer IDCT, EXIF
+  orientation ignored): the same pixels as OpenCV's `IMREAD_GRAYSCALE`.
+
+  Returns:
+    (gray, None) when the frame decodes without a warning, else (None, libjpeg's message).
+  """
+  import simplejpeg  # pylint: disable=import-outside-toplevel
+  try:
+    img = simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)
+  except ValueError as e:
+    return None, str(e).strip() or "decoding failed"
+  return img.reshape(img.shape[:2]), None
+
+
+def decode_frame(data: bytes, fmt: str):
+  """Decodes a source frame to uint8 gray [H, W] and says what is wrong with it.
+
+  A JPEG frame is decoded strictly (`decode_jpeg_gray_strict`: a libjpeg warning is an
+  error); other formats by OpenCV (`decode_gray`). Then the structure is checked
+  (`tfreid.data.image_check`). When a JPEG frame fails the strict decoding, the reason
+  given is the most specific of: it does not decode at all (OpenCV refuses it), the
+  structural damage found, or libjpeg's message.
+
+  Args:
+    data: the file's bytes (not empty).
+    fmt: `sniff_format(data)`.
+
+  Returns:
+    (gray, None) for a good frame, (None, reason) for a frame to skip.
+  """
+  undecodable = "does not decode (truncated or corrupt image)"
+  if fmt == "jpeg":
+    gray, warning = decode_jpeg_gray_strict(data)
+    if gray is None and decode_gray(data) is None:
+      return None, undecodable
+  else:
+    gray, warning = decode_gray(data), None
+    if gray is None:
+      return None, undecodable
+  problem = image_check.frame_problem(data, fmt) if fmt != "other" else None
+  if problem is not None:
+    return None, f"damaged {fmt.upper()} file: {problem}"
+  if warning is not None:
+    return None, f"libjpeg: {warning}"
+  return gray, None
+
+
 def to_png(data: bytes) -> bytes:
   """Re-encodes a decodable image as lossless PNG (colour kept, orientation ignored)."""
   import cv2  # pylint: disable=import-outside-toplevel
@@ -343,14 +406,10 @@ def read_tracklet(root: str, spec: TrackletSpec, frame_offset: int, options: Enc
     if not data:
       result.skipped.append((rel, "empty file"))
       continue
-    gray = decode_gray(data)
-    if gray is None:
-      result.skipped.append((rel, "does not decode (truncated or corrupt image)"))
-      continue
     fmt = sniff_format(data)
-    problem = image_check.frame_problem(data, fmt) if fmt != "other" else None
-    if problem is not None:
-      result.skipped.append((rel, f"damaged {fmt.upper()} file: {problem}"))
+    gray, reason = decode_frame(data, fmt)
+    if gray is None:
+      result.skipped.append((rel, reason))
       continue
     datas.append(data)
     formats.append(fmt)
@@ -618,9 +677,14 @@ def verify_shard(output_dir: str, entry: dict[str, Any]) -> Optional[str]:
   masked CRC-32Cs (as TFRecord readers check them); that the records start at the byte
   offsets recorded for its tracklets (tracklets.csv) and hold those tracklet ids, in
   order and none missing; and every frame with `tfreid.data.image_check` (a shard written
-  before those checks may hold a damaged source frame).
+  before those checks may hold a damaged source frame). Frames are not decoded: a shard
+  whose entry does not record `FRAME_CHECKS` (written before JPEG frames were decoded
+  strictly) fails, as its frames may include one that libjpeg warns about.
   """
   from tfreid.data import reader  # pylint: disable=import-outside-toplevel
+  if entry.get("frame_checks") != FRAME_CHECKS:
+    return ("it was written before JPEG frames were decoded strictly (a frame libjpeg warns "
+            "about may be in it)")
   path = os.path.join(output_dir, entry["file"])
   try:
     size = os.path.getsize(path)
@@ -806,7 +870,7 @@ def _shard_entry(shard: ShardPlan, index: DatasetIndex, results: list[TrackletRe
     transcoded += res.transcoded
     clipped += res.flow_clipped
     values += res.flow_values
-  return {"file": shard.file, "group": shard.group,
+  return {"file": shard.file, "group": shard.group, "frame_checks": FRAME_CHECKS,
           "num_records": len(tracklets), "bytes": num_bytes, "tracklets": tracklets,
           "skipped_frames": skipped, "dropped_tracklets": dropped,
           "transcoded_frames": transcoded, "flow_clipped": clipped, "flow_values": values}

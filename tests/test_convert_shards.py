@@ -216,6 +216,85 @@ def test_damaged_source_jpegs_that_decode_with_warnings_are_skipped_and_named(tm
   assert rec["frame_names"] == [paths["train"][2][0], paths["train"][2][2]]
 
 
+def _warned_bit_flip(data, capfd):
+  """The first single-bit flip in the compressed data of JPEG `data` (seeded order) that
+  leaves its structure intact (`image_check`), that OpenCV decodes to an image, and that
+  OpenCV's libjpeg prints a "Corrupt JPEG data" warning about: (damaged bytes, warning)."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from tfreid.data import image_check  # pylint: disable=import-outside-toplevel
+  sos = data.index(b"\xff\xda")
+  start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+  candidates = [(pos, bit) for pos in range(start, len(data) - 2) for bit in range(8)]
+  order = np.random.default_rng(20261206).permutation(len(candidates))
+  capfd.readouterr()
+  for k in order[:400]:
+    pos, bit = candidates[k]
+    damaged = bytearray(data)
+    damaged[pos] ^= 1 << bit
+    damaged = bytes(damaged)
+    if image_check.frame_problem(damaged, "jpeg") is not None:
+      continue
+    image = cv2.imdecode(np.frombuffer(damaged, np.uint8), cv2.IMREAD_COLOR)
+    warnings = re.findall(r"Corrupt JPEG data: [^\n]*", capfd.readouterr().err)
+    if image is not None and warnings:
+      assert image.shape == (fakes.H, fakes.W, 3)
+      return damaged, warnings[0].strip()
+  raise AssertionError("no single-bit flip among 400 makes libjpeg warn")
+
+
+def test_source_jpeg_libjpeg_warns_about_is_skipped_with_its_warning(tmp_path, capfd):
+  """A bit flipped in the compressed data: the structure is intact and OpenCV decodes the
+  frame (its libjpeg only prints a warning); the converter decodes JPEG strictly, skips
+  the frame and gives libjpeg's warning as the reason."""
+  src, dst = tmp_path / "mars", tmp_path / "out"
+  paths = fakes.write_mars(str(src))
+  victim = paths["train"][2][2]  # 3rd of the 4 frames of train row 3
+  damaged, warning = _warned_bit_flip(fakes.read_bytes(str(src), victim), capfd)
+  fakes.write_file(os.path.join(src, *victim.split("/")), damaged)
+  assert shards.decode_gray(damaged) is not None  # what OpenCV makes of it: an image
+  manifest = _convert(src, dst)
+  assert manifest["skipped_frames"] == [{"path": victim, "reason": f"libjpeg: {warning}"}]
+  assert manifest["dropped_tracklets"] == []
+  assert manifest["num_frames"] == (sum(n for _, _, n in fakes.MARS_TRAIN + fakes.MARS_TEST)
+                                    - 1)
+  records = fakes.read_all(str(dst))
+  assert len(records) == len(fakes.MARS_TRAIN) + len(fakes.MARS_TEST)
+  rec = records[2]
+  assert rec["frame_names"] == [p for p in paths["train"][2] if p != victim]
+  assert rec["frames"] == [fakes.read_bytes(str(src), p) for p in rec["frame_names"]]
+  for tid, other in records.items():  # every other frame is stored byte-for-byte
+    if tid != 2:
+      assert other["frames"] == [fakes.read_bytes(str(src), p) for p in other["frame_names"]]
+
+
+def test_resume_reconverts_a_shard_written_before_strict_jpeg_decoding(tmp_path, capsys):
+  """A finished shard whose state entry does not record the frame checks of this version
+  (an older converter, which let through frames libjpeg warns about) is converted again;
+  the others are kept."""
+  src, dst = tmp_path / "mars", tmp_path / "out"
+  fakes.write_mars(str(src))
+  small = 6000 / 2**20
+  manifest = _convert(src, dst, shard_size_mb=small)
+  want = _digest(dst)
+  state = shards.load_state(str(dst))
+  old = manifest["shards"][1]["file"]
+  assert state["shards"][old]["frame_checks"] == shards.FRAME_CHECKS
+  del state["shards"][old]["frame_checks"]
+  shards.save_state(str(dst), state)
+  others = [n for n in want if n.endswith(".tfrecord") and n != old]
+  assert others
+  stamps = {n: os.stat(dst / n).st_mtime_ns for n in others}
+  capsys.readouterr()
+  _convert(src, dst, shard_size_mb=small)
+  lines = [l for l in capsys.readouterr().err.splitlines() if "re-converting" in l]
+  assert lines == [f"re-converting {old}: it was written before JPEG frames were decoded "
+                   "strictly (a frame libjpeg warns about may be in it)"]
+  assert _digest(dst) == want
+  assert {n: os.stat(dst / n).st_mtime_ns for n in others} == stamps
+  assert shards.load_state(str(dst))["shards"][old]["frame_checks"] == shards.FRAME_CHECKS
+
+
 def _reframe(path, offset, payload):
   """Writes `payload` as the record at byte `offset` of a TFRecord file, with valid CRCs
   (its length must be the old one's)."""
