@@ -100,11 +100,18 @@ Variants:
   synthetic  GoogLeNet at 1/8 width from scratch on 128 x 64 frames (a 4 x 2 cube), ConvGRU
              16/32/32, 8-frame clips, 16 identities x 2, no dropout, 60 epochs of 4 steps;
              trains on a 2-core CPU in minutes. Measured (easy preset, seed 0, torchreid
-             protocol, 191 queries): `make quickstart` end to end in 12 min 7 s on a
-             machine shared with other jobs (load 5-10); the pair loss stays at log 2 for
-             the 240 steps and retrieval is at chance: rank-1 0.5, rank-5 3.1, mAP 3.3. The
-             same model trained outside the trainer (no XLA, constant 1e-3) left log 2 after
-             about 40 steps (0.61-0.65 by step 150): not yet explained.
+             protocol, 191 queries; `make quickstart EXPERIMENT=siamese_convgru:synthetic`
+             end to end in 29 min on a machine shared with other jobs, load about 10):
+             rank-1 1.0, rank-5 6.3, rank-10 10.5, rank-20 18.8, mAP 4.2; with table VII's
+             metrics on the same run (`python -m tfreid.metric_learning`): KISSME rank-1
+             1.6 / mAP 6.0, LFDA 2.6 / 6.8. Barely above chance (rank-1 0.5, mAP 3.3 before
+             the U[-1, 1] initialisation, when h_bar collapsed to 0): the pair loss leaves
+             its initial 2.4 (v = 0.5 on h_bar of order 0.5) but only reaches 0.69 by step
+             240, and h_bar stays alive (the collapse is gone) without becoming
+             discriminative at this scale. The earlier Glorot initialisation without the
+             attention penalty left log 2 faster (0.675 by step 35, measured), so the
+             CNN trained from scratch and the penalty's pull towards uniform attention are
+             the open questions, not the trainer.
 """
 
 from tfreid import config as cfg
