@@ -183,6 +183,7 @@ def convert(dataset: str, input_dir: str, output_dir: str, *, num_workers: int =
       raise ValueError(f"--flow_scale must be > 0, got {flow_scale}.")
   if num_workers < 1:
     raise ValueError(f"num_workers must be >= 1, got {num_workers}.")
+  shards.check_jpeg_decoder()
   index = build_index(dataset, input_dir, camera_regex=camera_regex, csv_path=csv_path,
                       split_seed=split_seed)
   os.makedirs(output_dir, exist_ok=True)

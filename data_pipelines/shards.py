@@ -945,6 +945,7 @@ def write_shards(index: DatasetIndex, output_dir: str, *, options: EncodeOptions
   Raises:
     ConversionError: output_dir holds a conversion of other input/options and not overwrite.
   """
+  check_jpeg_decoder()
   os.makedirs(output_dir, exist_ok=True)
   if sizes is None:
     sizes = [source_bytes(index.root, s) for s in index.tracklets]
@@ -1029,6 +1030,18 @@ def write_shards(index: DatasetIndex, output_dir: str, *, options: EncodeOptions
     cv2.setNumThreads(cv2_threads)
     bar.close()
   return _collect(index, plan, state, resumed, written)
+
+
+def check_jpeg_decoder() -> None:
+  """Fails before any work when the strict JPEG decoder (`decode_jpeg_gray_strict`) is
+  missing."""
+  try:
+    import simplejpeg  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise ConversionError(
+        f"the converter decodes JPEG frames strictly with simplejpeg, which does not import "
+        f"({e}). Install it: pip install simplejpeg==1.9.0 (pinned in requirements.txt)."
+    ) from e
 
 
 def _ordered_window(pool, tasks, window: int) -> Iterator[TrackletResult]:

@@ -295,6 +295,19 @@ def test_resume_reconverts_a_shard_written_before_strict_jpeg_decoding(tmp_path,
   assert shards.load_state(str(dst))["shards"][old]["frame_checks"] == shards.FRAME_CHECKS
 
 
+def test_missing_strict_jpeg_decoder_is_a_clear_error_before_any_output(tmp_path,
+                                                                         monkeypatch):
+  import sys  # pylint: disable=import-outside-toplevel
+  src, dst = tmp_path / "mars", tmp_path / "out"
+  fakes.write_mars(str(src))
+  monkeypatch.setitem(sys.modules, "simplejpeg", None)  # `import simplejpeg` fails
+  with pytest.raises(shards.ConversionError,
+                     match=r"decodes JPEG frames strictly with simplejpeg, which does not "
+                           r"import \(.+\)\. Install it: pip install simplejpeg==1\.9\.0"):
+    _convert(src, dst)
+  assert not os.path.exists(dst)
+
+
 def _reframe(path, offset, payload):
   """Writes `payload` as the record at byte `offset` of a TFRecord file, with valid CRCs
   (its length must be the old one's)."""
