@@ -354,7 +354,8 @@ class A3D(ConfigKeysMixin, keras.Model):
     ``attention/a3d_bins``, ``python -m tfreid.visualize``). Per clip, the frames (top
     row) and the same frames with glimpse t's bin as a box in colour t
     (`visualize.PART_COLORS`) on every frame its temporal extent covers (frame l lies in
-    feature step l * L_g // L); fig. 8 of the paper draws the same cuboids. The QAN* and
+    feature step l * L_g // L; a later glimpse's box covers an earlier one at the same
+    bin); fig. 8 of the paper draws the same cuboids. The QAN* and
     separate attention* variants draw their frame qualities as bars and their spatial
     attention as heat maps (the default drawing)."""
     from tfreid import visualize  # pylint: disable=import-outside-toplevel
