@@ -49,20 +49,24 @@ Paper's results:
 
 Ablations (iLIDS-VID; the figures give curves, the rank-1 values are read off them where
 the text states them). "Baseline" in the tables is the same model with ones for the
-attention scores:
+attention scores. The test-time switches of Fig. 5-8 (model.stal.temporal_attention,
+spatial_attention, test_distance, test_parts, global_distance_weight) change no weight,
+but `tfreid.evaluate --override` refuses model.* keys; so a run is tested with a switch by
+a copy of its config.yaml with the switch changed, evaluated from the run's checkpoint:
+
+    mkdir -p runs/stal_tan && sed 's/spatial_attention: true/spatial_attention: false/' \
+        runs/stal/config.yaml > runs/stal_tan/config.yaml
+    python -m tfreid.evaluate --model_dir=runs/stal_tan --checkpoint=$PWD/runs/stal/ckpt-N
+
   Fig. 5 Baseline / TAN / SAN / STAL: one trained model, tested with
-      --override=model.stal.temporal_attention=false --override=model.stal.spatial_attention=false
-      (Baseline), spatial_attention=false (TAN), temporal_attention=false (SAN), both on
-      (STAL), e.g. python -m tfreid.evaluate --model_dir=RUN \\
-      --override=model.stal.temporal_attention=false
+      temporal_attention: false and spatial_attention: false (Baseline),
+      spatial_attention: false (TAN), temporal_attention: false (SAN), both on (STAL).
   Fig. 6 PGB / PLB (one branch trained and tested): variants global_only, local_only;
-      GB / LB (joint training, one branch tested): evaluate with
-      --override=model.stal.test_distance=global (or local);
+      GB / LB (joint training, one branch tested): test_distance: global (or local);
       without RAN: variant no_ran.
-  Fig. 7 one part (local branch only): --override=model.stal.test_distance=local
-      --override=model.stal.test_parts=[1] (0 head, 1 torso, 2 right arm, 3 left arm,
-      4 right leg, 5 left leg).
-  Fig. 8 fusion rate 0..1 (best 0.3): --override=model.stal.global_distance_weight=W.
+  Fig. 7 one part (local branch only): test_distance: local and test_parts: [1] (0 head,
+      1 torso, 2 right arm, 3 left arm, 4 right leg, 5 left leg).
+  Fig. 8 fusion rate 0..1 (best 0.3): global_distance_weight: W.
   Fig. 9 embedding 128..2048 (1024 chosen): --override=model.stal.global_embedding_dim=D
       --override=model.stal.local_embedding_dim=D.
   Fig. 10 margins 0.4..2.0: --override=losses.global_triplet.margin=M
