@@ -270,10 +270,11 @@ def decode_gray(data: bytes):
 def decode_jpeg_gray_strict(data: bytes):
   """Decodes JPEG bytes to uint8 gray [H, W] with `simplejpeg` in strict mode.
 
-  libjpeg(-turbo) only warns about some damage to the compressed data (for example
-  "Corrupt JPEG data: 48 extraneous bytes before marker 0xd9", when a flipped bit makes a
-  Huffman code end early) and decodes the image anyway; OpenCV and TensorFlow return that
-  image. Strict mode turns every libjpeg warning into an error.
+  libjpeg(-turbo) only warns about some damage to the compressed data and decodes the
+  image anyway, for example "Corrupt JPEG data: 48 extraneous bytes before marker 0xd9"
+  when a flipped bit changes the Huffman codes so that the blocks of the image end before
+  its compressed data does; OpenCV and TensorFlow return that image. Strict mode turns
+  every libjpeg warning into an error.
 
   The gray image is libjpeg's own (the luminance channel, accurate integer IDCT, EXIF
   orientation ignored): the same pixels as OpenCV's `IMREAD_GRAYSCALE`.
@@ -287,6 +288,18 @@ def decode_jpeg_gray_strict(data: bytes):
   except ValueError as e:
     return None, str(e).strip() or "decoding failed"
   return img.reshape(img.shape[:2]), None
+
+
+def check_jpeg_decoder() -> None:
+  """Fails before any work when the strict JPEG decoder (`decode_jpeg_gray_strict`) is
+  missing."""
+  try:
+    import simplejpeg  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise ConversionError(
+        f"the converter decodes JPEG frames strictly with simplejpeg, which does not import "
+        f"({e}). Install it: pip install simplejpeg==1.9.0 (pinned in requirements.txt)."
+    ) from e
 
 
 def decode_frame(data: bytes, fmt: str):
@@ -1030,18 +1043,6 @@ def write_shards(index: DatasetIndex, output_dir: str, *, options: EncodeOptions
     cv2.setNumThreads(cv2_threads)
     bar.close()
   return _collect(index, plan, state, resumed, written)
-
-
-def check_jpeg_decoder() -> None:
-  """Fails before any work when the strict JPEG decoder (`decode_jpeg_gray_strict`) is
-  missing."""
-  try:
-    import simplejpeg  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError as e:
-    raise ConversionError(
-        f"the converter decodes JPEG frames strictly with simplejpeg, which does not import "
-        f"({e}). Install it: pip install simplejpeg==1.9.0 (pinned in requirements.txt)."
-    ) from e
 
 
 def _ordered_window(pool, tasks, window: int) -> Iterator[TrackletResult]:

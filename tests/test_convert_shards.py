@@ -216,6 +216,30 @@ def test_damaged_source_jpegs_that_decode_with_warnings_are_skipped_and_named(tm
   assert rec["frame_names"] == [paths["train"][2][0], paths["train"][2][2]]
 
 
+@pytest.mark.parametrize("mode,options", [
+    ("RGB", {"subsampling": 0}), ("RGB", {"subsampling": 1}), ("RGB", {"subsampling": 2}),
+    ("RGB", {"progressive": True}), ("L", {}), ("CMYK", {})])
+def test_strict_jpeg_gray_is_opencv_gray(mode, options):
+  """The gray frame the flow is computed from: the same pixels as OpenCV's IMREAD_GRAYSCALE
+  (4:4:4, 4:2:2, 4:2:0, progressive, gray and CMYK JPEGs of odd size)."""
+  import io  # pylint: disable=import-outside-toplevel
+  import cv2  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(5)
+  rgb = cv2.resize((rng.random((5, 3, 3)) * 255).astype(np.uint8), (19, 37))
+  buf = io.BytesIO()
+  image = Image.fromarray(rgb)
+  (image.convert(mode) if mode != "RGB" else image).save(buf, "JPEG", quality=80, **options)
+  data = buf.getvalue()
+  gray, warning = shards.decode_jpeg_gray_strict(data)
+  assert warning is None
+  want = cv2.imdecode(np.frombuffer(data, np.uint8),
+                      cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+  assert gray.shape == want.shape == (37, 19) and gray.dtype == np.uint8
+  np.testing.assert_array_equal(gray, want)
+
+
 def _warned_bit_flip(data, capfd):
   """The first single-bit flip in the compressed data of JPEG `data` (seeded order) that
   leaves its structure intact (`image_check`), that OpenCV decodes to an image, and that
