@@ -67,7 +67,8 @@ Variants (table VII: iLIDS-VID rank-1 / rank-5 / mAP; all on `ilidsvid`'s recipe
                    the built-in synthetic dataset converted with --optical_flow, 540 steps
                    without XLA (`make quickstart EXPERIMENT=a3d:synthetic`).
 
-Synthetic figures (easy preset, 540 steps, rank-1 / mAP, `python -m tfreid.train
+Synthetic figures (easy preset, 540 steps; 417 s train + evaluation without XLA on the shared
+2-core machine; rank-1 / mAP, `python -m tfreid.train
 --experiment=a3d:synthetic --model_dir=RUN [--override=runtime.seed=S]` then
 `python -m tfreid.evaluate --model_dir=RUN`):
 
@@ -75,7 +76,7 @@ Synthetic figures (easy preset, 540 steps, rank-1 / mAP, `python -m tfreid.train
   | --- | --- | --- |
   | a3d:synthetic (policy gradient on the agent only, the default) | 16.2 / 31.1 | 19.9 / 29.6 |
   | the same, `model.a3d.attention=none losses.reinforce=null` | 25.7 / 37.5 | 18.8 / 30.9 |
-  | earlier default: policy gradient into the backbones (`policy_gradient_scope=all`, a_T left out) | 14.1 / 27.1 | - |
+  | policy gradient into the backbones, the earlier default (`policy_gradient_scope=all`) | 14.1 / 27.1 (earlier code: a_T left out) | 15.2 / 27.6 |
   | earlier code, `policy_gradient_scope=location_head` | 20.9 / 31.0 | - |
 
 On this grid (g: 4 x 4 x 2, bins 2 x 2 x 1, 3 x 3 x 2 corners) an action moves the bin along
