@@ -98,7 +98,8 @@ Variants:
   k9_1, k1_9, vgg16, vgg16_k9_1, vgg16_k1_9, fc_gru_googlenet, fc_gru_vgg16, no_attention,
   max_pool, mean_pool   the ablations above, on iLIDS-VID's recipe.
   synthetic  GoogLeNet at 1/8 width from scratch on 128 x 64 frames (a 4 x 2 cube), ConvGRU
-             16/32/32, 8-frame clips, 16 identities x 2, no dropout, 60 epochs of 4 steps;
+             16/32/32, 8-frame clips, 16 identities x 2, no dropout, 60 epochs of 4 steps,
+             without XLA (slower here: 3.1 s a step against 0.85 s);
              trains on a 2-core CPU in minutes. Measured (easy preset, seed 0, torchreid
              protocol, 191 queries; `make quickstart EXPERIMENT=siamese_convgru:synthetic`
              end to end in 29 min on a machine shared with other jobs, load about 10):
@@ -192,6 +193,9 @@ def synthetic_config(c: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
   c.schedule = cfg.ScheduleConfig(name="exponential", decay_start_epoch=10, decay_epochs=50,
                                   decay_rate=0.01)
   c.trainer.epochs = 60
+  # Library choice at this size: XLA makes the step slower on a CPU (benchmarks/
+  # train_step.py, measured: 3136 ms with XLA, 854 ms without, 32 clips of 8 x 128 x 64).
+  c.runtime.jit_compile = False
   c.trainer.checkpoint_every_steps = 100
   c.trainer.log_every_steps = 5
   c.trainer.image_summary_every_steps = 100

@@ -79,6 +79,10 @@ def test_every_variant_is_a_valid_configuration_with_its_table_row():
           paper.optimizer.weight_decay) == ("rmsprop", 5.0, 0.0, 0.0)
   assert [name for name, _ in paper.losses.active()] == ["pair_bce", "attention_penalty"]
   assert paper.model.siamese_convgru.dropout == 0.7
+  # Section V-B's U[-1, 1] ConvGRU initialisation (tests/test_siamese_convgru_learning.py).
+  assert paper.model.siamese_convgru.gru_init_range == 1.0
+  synthetic = cfg.get_experiment("siamese_convgru:synthetic")
+  assert synthetic.model.siamese_convgru.gru_init_range == 1.0
   assert cfg.get_experiment("siamese_convgru:mars").trainer.epochs == 2000
 
 
