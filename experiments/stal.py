@@ -50,13 +50,12 @@ Paper's results:
 Ablations (iLIDS-VID; the figures give curves, the rank-1 values are read off them where
 the text states them). "Baseline" in the tables is the same model with ones for the
 attention scores. The test-time switches of Fig. 5-8 (model.stal.temporal_attention,
-spatial_attention, test_distance, test_parts, global_distance_weight) change no weight,
-but `tfreid.evaluate --override` refuses model.* keys; so a run is tested with a switch by
-a copy of its config.yaml with the switch changed, evaluated from the run's checkpoint:
+spatial_attention, test_distance, test_parts, global_distance_weight) change no weight:
+the model module lists them (TEST_TIME_KEYS), so `tfreid.evaluate --override` sets them on
+a trained run, e.g. TAN:
 
-    mkdir -p runs/stal_tan && sed 's/spatial_attention: true/spatial_attention: false/' \
-        runs/stal/config.yaml > runs/stal_tan/config.yaml
-    python -m tfreid.evaluate --model_dir=runs/stal_tan --checkpoint=$PWD/runs/stal/ckpt-N
+    python -m tfreid.evaluate --model_dir=runs/stal --output_dir=runs/stal/eval_tan \
+        --override=model.stal.spatial_attention=false
 
   Fig. 5 Baseline / TAN / SAN / STAL: one trained model, tested with
       temporal_attention: false and spatial_attention: false (Baseline),

@@ -200,3 +200,22 @@ def test_fixed_length_query_and_gallery_sequences():
   with pytest.raises(cfg.ConfigError, match=r"eval.gallery_seq_len must be >= 0 \(0: every "
                                             r"frame of the tracklet\), got -1"):
     cfg.build_config("stal", overrides=["eval.gallery_seq_len=-1"])
+
+
+def test_evaluation_overrides_take_the_methods_test_time_switches_only():
+  from tfreid import evaluate  # pylint: disable=import-outside-toplevel
+  config = cfg.build_config("stal")
+  evaluate.apply_overrides(config, ["model.stal.test_distance=global",
+                                    "model.stal.global_distance_weight=0.7",
+                                    "eval.query_seq_len=8"])
+  assert config.model.stal.test_distance == "global"
+  assert config.model.stal.global_distance_weight == 0.7
+  assert config.eval.query_seq_len == 8
+  with pytest.raises(ValueError, match=r"--override=model.stal.pool_size=3: evaluation takes "
+                                       r"the model of its checkpoint; .*test-time switches "
+                                       r"model.stal.temporal_attention"):
+    evaluate.apply_overrides(config, ["model.stal.pool_size=3"])
+  plain = cfg.build_config("temporal_pooling")
+  with pytest.raises(ValueError, match=r"only data.\*, eval.\*, export.\* and runtime.\* keys "
+                                       r"can change here"):
+    evaluate.apply_overrides(plain, ["model.head.embedding_dim=8"])

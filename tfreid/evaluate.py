@@ -127,6 +127,25 @@ def _check_no_overlap(train_config, test_manifest, split: int, cross: bool) -> N
         "every split with `python -m tfreid.splits`.")
 
 
+def apply_overrides(config, overrides) -> None:
+  """Applies evaluation overrides: data.*, eval.*, export.*, runtime.* keys and the
+  method's test-time switches (`tfreid.models.contract.test_time_keys`); any other key of
+  the model or its training is refused (the checkpoint fixes the model)."""
+  from tfreid import config as cfg  # pylint: disable=import-outside-toplevel
+  from tfreid.models import contract  # pylint: disable=import-outside-toplevel
+  switches = contract.test_time_keys(config)
+  for override in overrides or ():
+    key = override.split("=", 1)[0].strip()
+    if key.split(".")[0] in ("model", "losses", "optimizer", "schedule",
+                             "trainer") and key not in switches:
+      allowed = (f", and the method's test-time switches {', '.join(switches)}" if switches
+                 else "")
+      raise ValueError(f"--override={override}: evaluation takes the model of its checkpoint; "
+                       f"only data.*, eval.*, export.* and runtime.* keys{allowed} can change "
+                       "here.")
+    cfg.apply_override(config, override)
+
+
 def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, data_dir=None,
                  split=None, output_dir=None, overrides=()) -> dict:
   """Restores a run and evaluates it; returns the metrics.json record written.
@@ -142,7 +161,8 @@ def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, dat
       data.split; 0 on a single-split dataset).
     output_dir: where reports go (module docstring for the default).
     overrides: key.path=value changes to the run's config (data.*, eval.*, export.*,
-      runtime.*; a model.* or losses.* key is refused: the checkpoint fixes the model).
+      runtime.*, and the method's test-time switches, its module's `TEST_TIME_KEYS`; any
+      other model.* or losses.* key is refused: the checkpoint fixes the model).
 
   Returns:
     The record of metrics.json: for one split the contract keys plus `trained_on`,
@@ -160,12 +180,7 @@ def evaluate_run(model_dir, checkpoint="latest", protocol=None, rerank=None, dat
   from tfreid.training import evaluation  # pylint: disable=import-outside-toplevel
 
   config = cfg.load_config(config_path)
-  for override in overrides or ():
-    if override.split("=", 1)[0].strip().split(".")[0] in ("model", "losses", "optimizer",
-                                                            "schedule", "trainer"):
-      raise ValueError(f"--override={override}: evaluation takes the model of its checkpoint; "
-                       "only data.*, eval.*, export.* and runtime.* keys can change here.")
-    cfg.apply_override(config, override)
+  apply_overrides(config, overrides)
   config.validate()
   split = parse_split(split)
   path = checkpoints.resolve_checkpoint(model_dir, checkpoint)

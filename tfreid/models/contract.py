@@ -15,6 +15,10 @@ The module:
   ``streams(config) -> tuple``                      the input streams it reads
                                                     (`tfreid.data.streams`): default
                                                     ``("clips",)``.
+  ``TEST_TIME_KEYS``                                keys of its section that change no
+                                                    weight (test-time switches), which
+                                                    ``tfreid.evaluate --override`` may set
+                                                    [none].
 
 The model (every method optional; the default in brackets):
   ``call(inputs, training)``                        a dict of the declared streams -> a dict
@@ -80,6 +84,13 @@ def input_streams(config) -> tuple[str, ...]:
   module = method_module(config)
   declared = module.streams(config) if hasattr(module, "streams") else DEFAULT_STREAMS
   return streams_lib.check_names(declared, f"model {config.model.name!r}")
+
+
+def test_time_keys(config) -> tuple[str, ...]:
+  """The full keys (``model.<section>.<key>``) of the method's test-time switches."""
+  module = method_module(config)
+  section = config.model.section_key
+  return tuple(f"model.{section}.{key}" for key in getattr(module, "TEST_TIME_KEYS", ()))
 
 
 def has_learned_metric(model) -> bool:

@@ -147,6 +147,10 @@ class StalConfig:
 
 
 CONFIG_CLASS = StalConfig
+# Switches that change no weight (figs. 5-8): `python -m tfreid.evaluate --override` may set
+# them on a trained run.
+TEST_TIME_KEYS = ("temporal_attention", "spatial_attention", "test_distance", "test_parts",
+                  "global_distance_weight")
 
 
 def streams(config):
