@@ -118,7 +118,8 @@ def logged_step_ms(model_dir: str, global_batch: int) -> float | None:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   rates = []
   for path in sorted(glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
         if value.tag == "clips_per_second":
           rates.append(float(tf.make_ndarray(value.tensor)))
