@@ -7,7 +7,6 @@ the frames reaches TensorBoard."""
 import glob
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,10 +16,9 @@ from tfreid.data import pipeline
 from tfreid.data import reader
 from tfreid.serving import exporter
 from tfreid.training import evaluation
-from tfreid.training import trainer as trainer_lib
 
 import data_fixtures
-from trainer_fixtures import (first_cpu_strategy, fixture_float32_policy,  # pylint: disable=unused-import
+from trainer_fixtures import (first_cpu_strategy, fixture_float32_policy, train_seeded,  # pylint: disable=unused-import
                               two_cpu_strategy)
 
 # VGG-16 at 1/16 width: 13 convolutions to compile rather than GoogLeNet's 57.
@@ -45,13 +43,6 @@ def config_for(data, *overrides):
                           data_dir=str(data))
 
 
-def _train(config, model_dir, strategy):
-  keras.utils.set_random_seed(0)
-  trainer = trainer_lib.Trainer(config, str(model_dir), strategy=strategy)
-  trainer.initial = [v.numpy() for v in trainer.model.trainable_variables]
-  return trainer, trainer.train()
-
-
 def test_two_replicas_equal_one_with_xla(data, tmp_path):
   """3 steps of SGD (RMSProp divides near-zero gradients by their own size, which turns
   float rounding into differences of the order of the step) with element-wise clipping;
@@ -59,8 +50,8 @@ def test_two_replicas_equal_one_with_xla(data, tmp_path):
   overrides = ["runtime.jit_compile=true", "optimizer.name=sgd", "optimizer.momentum=0",
                "optimizer.learning_rate=0.5", "model.siamese_convgru.dropout=0",
                "trainer.steps_per_epoch=3"]
-  one, v1 = _train(config_for(data, *overrides), tmp_path / "one", first_cpu_strategy())
-  two, v2 = _train(config_for(data, *overrides), tmp_path / "two", two_cpu_strategy())
+  one, v1 = train_seeded(config_for(data, *overrides), tmp_path / "one", first_cpu_strategy())
+  two, v2 = train_seeded(config_for(data, *overrides), tmp_path / "two", two_cpu_strategy())
   assert v1["pair_bce"] == pytest.approx(v2["pair_bce"], rel=1e-5)
   for a, b in zip(one.model.trainable_variables, two.model.trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
@@ -73,16 +64,16 @@ def test_resumed_run_equals_a_straight_one_and_bfloat16_trains(data, tmp_path,
                                                                float32_policy):
   straight_config = config_for(data, "runtime.jit_compile=false", "trainer.epochs=2",
                                "model.siamese_convgru.dropout=0.5")
-  straight, values = _train(straight_config, tmp_path / "straight", first_cpu_strategy())
+  straight, values = train_seeded(straight_config, tmp_path / "straight", first_cpu_strategy())
   assert {"pair_bce", "attention_penalty"} <= set(values)
-  _train(config_for(data, "runtime.jit_compile=false", "model.siamese_convgru.dropout=0.5"),
+  train_seeded(config_for(data, "runtime.jit_compile=false", "model.siamese_convgru.dropout=0.5"),
          tmp_path / "resumed",
          first_cpu_strategy())
-  resumed, _ = _train(straight_config, tmp_path / "resumed", first_cpu_strategy())
+  resumed, _ = train_seeded(straight_config, tmp_path / "resumed", first_cpu_strategy())
   assert int(resumed.global_step.numpy()) == 4
   for a, b in zip(straight.model.variables, resumed.model.variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
-  _, mixed = _train(config_for(data, "runtime.mixed_precision=mixed_bfloat16",
+  _, mixed = train_seeded(config_for(data, "runtime.mixed_precision=mixed_bfloat16",
                                "runtime.jit_compile=false"), tmp_path / "bf16",
                     first_cpu_strategy())
   assert np.isfinite(mixed["loss"]) and np.isfinite(mixed["pair_bce"])
@@ -104,7 +95,7 @@ def _reference_embeddings(config, model, partition):
 def test_evaluation_export_and_tensorboard_use_the_learned_distance(data, tmp_path):
   config = config_for(data, "runtime.jit_compile=false", "trainer.image_summary_every_steps=1")
   model_dir = tmp_path / "run"
-  trainer, _ = _train(config, model_dir, first_cpu_strategy())
+  trainer, _ = train_seeded(config, model_dir, first_cpu_strategy())
   cfg.save_config(config, str(model_dir / "config.yaml"))
   model = trainer.model
   result = evaluation.evaluate_model(config, model)

@@ -6,7 +6,6 @@ and distances."""
 
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,11 +15,10 @@ from tfreid.data import pipeline
 from tfreid.data import reader
 from tfreid.serving import exporter
 from tfreid.training import evaluation
-from tfreid.training import trainer as trainer_lib
 
 import data_fixtures
 from trainer_fixtures import fixture_float32_policy  # pylint: disable=unused-import
-from trainer_fixtures import first_cpu_strategy, two_cpu_strategy
+from trainer_fixtures import first_cpu_strategy, train_seeded, two_cpu_strategy
 
 TINY = ["data.height=64", "data.width=32", "data.seq_len=2", "data.num_identities=2",
         "data.num_instances=2", "data.test_batch_size=4", "model.stal.width_divisor=16",
@@ -45,13 +43,6 @@ def fixture_data(tmp_path_factory):
   return path
 
 
-def _train(config, model_dir, strategy):
-  keras.utils.set_random_seed(0)
-  trainer = trainer_lib.Trainer(config, str(model_dir), strategy=strategy)
-  trainer.initial = [v.numpy() for v in trainer.model.trainable_variables]
-  return trainer, trainer.train()
-
-
 def test_two_replicas_equal_one_with_xla(data, tmp_path):
   """With XLA, two logical CPUs equal one after 3 SGD steps. The triplet terms mine within
   each replica's batch, so they are off here; identity, consistency and L2 are compared.
@@ -64,8 +55,8 @@ def test_two_replicas_equal_one_with_xla(data, tmp_path):
                'trainer.freeze=["*/bn", "*/ran_bn1", "*/ran_bn2"]',
                "runtime.jit_compile=true", "data.height=32", "data.width=32",
                "model.stal.pool_size=2", "trainer.steps_per_epoch=3"]
-  one, v1 = _train(config_for(data, *overrides), tmp_path / "one", first_cpu_strategy())
-  two, v2 = _train(config_for(data, *overrides), tmp_path / "two", two_cpu_strategy())
+  one, v1 = train_seeded(config_for(data, *overrides), tmp_path / "one", first_cpu_strategy())
+  two, v2 = train_seeded(config_for(data, *overrides), tmp_path / "two", two_cpu_strategy())
   assert int(one.global_step.numpy()) == int(two.global_step.numpy()) == 3
   assert {"cross_entropy", "consistency"} <= set(v1)
   assert np.isfinite(v1["loss"])
@@ -83,13 +74,13 @@ def test_every_term_trains_and_a_resumed_run_equals_a_straight_one(data, tmp_pat
   BatchNorm get none but rounding) by their own size, which turns rounding into steps."""
   sgd = ["optimizer.name=sgd", "optimizer.learning_rate=0.05"]
   config = config_for(data, "trainer.epochs=2", *sgd)
-  straight, values = _train(config, tmp_path / "straight", first_cpu_strategy())
+  straight, values = train_seeded(config, tmp_path / "straight", first_cpu_strategy())
   assert {"global_triplet", "local_triplet", "cross_entropy", "consistency",
           "metrics/attention_mean", "metrics/attention_spread"} <= set(values)
   assert values["global_triplet"] != values["local_triplet"]
-  _train(config_for(data, "trainer.epochs=1", *sgd), tmp_path / "resumed",
+  train_seeded(config_for(data, "trainer.epochs=1", *sgd), tmp_path / "resumed",
          first_cpu_strategy())
-  resumed, _ = _train(config, tmp_path / "resumed", first_cpu_strategy())
+  resumed, _ = train_seeded(config, tmp_path / "resumed", first_cpu_strategy())
   assert int(resumed.global_step.numpy()) == 4
   for a, b in zip(straight.model.variables, resumed.model.variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
@@ -147,7 +138,7 @@ def _tracklet_streams(data_dir, partition, position):
 def test_evaluation_and_export_merge_all_frames_and_use_the_fused_distance(data, tmp_path):
   config = config_for(data)
   model_dir = tmp_path / "run"
-  trainer, _ = _train(config, model_dir, first_cpu_strategy())
+  trainer, _ = train_seeded(config, model_dir, first_cpu_strategy())
   cfg.save_config(config, str(model_dir / "config.yaml"))
   model = trainer.model
   result = evaluation.evaluate_model(config, model)
@@ -188,7 +179,7 @@ def test_mixed_bfloat16_trains(data, tmp_path, float32_policy):
   """runtime.mixed_precision=mixed_bfloat16: the layers compute in bfloat16, every loss
   term (and the STAN scores, eqs. 8-9, kept in float32) stays finite."""
   del float32_policy
-  trainer, values = _train(config_for(data, "runtime.mixed_precision=mixed_bfloat16"),
+  trainer, values = train_seeded(config_for(data, "runtime.mixed_precision=mixed_bfloat16"),
                            tmp_path / "bf16", first_cpu_strategy())
   assert trainer.model.low_level.compute_dtype == "bfloat16"
   assert _finite_terms(values)

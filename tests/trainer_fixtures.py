@@ -105,6 +105,16 @@ def two_cpu_strategy():
                                         cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
+def train_seeded(config, model_dir, strategy):
+  """A Trainer built with Keras' seed 0 and trained to its end; returns (trainer, last
+  logged values). `trainer.initial` keeps its trainable variables before the first step."""
+  from tfreid.training import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  keras.utils.set_random_seed(0)
+  trainer = trainer_lib.Trainer(config, str(model_dir), strategy=strategy)
+  trainer.initial = [v.numpy() for v in trainer.model.trainable_variables]
+  return trainer, trainer.train()
+
+
 def cli(model_dir, data_dir, *overrides):
   """The `python -m tfreid.train` command line of a tiny run."""
   args = [sys.executable, "-m", "tfreid.train", "--experiment=nonlocal_i3d:synthetic",
@@ -114,4 +124,4 @@ def cli(model_dir, data_dir, *overrides):
 
 __all__ = ["REPO", "TINY", "tiny_config", "write_tiny_data", "fixture_tiny_data",
            "fixture_float32_policy", "PlainModel", "fixed_batches", "distributed_batches",
-           "first_cpu_strategy", "two_cpu_strategy", "cli"]
+           "first_cpu_strategy", "two_cpu_strategy", "train_seeded", "cli"]

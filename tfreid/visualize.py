@@ -136,7 +136,7 @@ def weight_bars(frames, weights, bar_height: int = 4, colors=None) -> tf.Tensor:
     weights = weights[:, tf.newaxis]
   k = int(weights.shape[1])
   if colors is None:
-    colors = np.ones((1, 3), np.float32) if k == 1 else PART_COLORS[np.arange(k) % 8]
+    colors = np.ones((1, 3), np.float32) if k == 1 else PART_COLORS[np.arange(k) % len(PART_COLORS)]
   width = tf.shape(images)[2]
   scaled = weights / tf.maximum(tf.reduce_max(weights), 1e-12)
   columns = tf.cast(tf.range(width), tf.float32)[tf.newaxis, tf.newaxis, :]

@@ -197,6 +197,16 @@ def summary_scalars(model, outputs: dict, batch: dict) -> dict:
           for k, v in model.summary_scalars(outputs, batch).items()}
 
 
+def seed_generator_states(model) -> dict:
+  """The state variables of the model's random-number generators (dropout masks ...) by a
+  stable name; Keras does not checkpoint them, the trainer does."""
+  states = {}
+  for i, layer in enumerate(model._flatten_layers()):  # pylint: disable=protected-access
+    for j, generator in enumerate(getattr(layer, "_seed_generators", [])):
+      states[f"{i}_{j}"] = generator.state
+  return states
+
+
 class UnsavedVariablesError(ValueError):
   """The model has variables a checkpoint of it would not hold."""
 
@@ -207,10 +217,7 @@ def unsaved_variables(model) -> list[str]:
   generator states left out (the trainer checkpoints those itself)."""
   root = tf.train.Checkpoint(model=model)  # the view holds only a weak reference to it
   reached = {id(obj) for obj in tf.train.TrackableView(root).descendants()}
-  generators = set()
-  for layer in model._flatten_layers():  # pylint: disable=protected-access
-    for generator in getattr(layer, "_seed_generators", []):
-      generators.add(id(generator.state))
+  generators = {id(state) for state in seed_generator_states(model).values()}
   return [v.path for v in model.variables if id(v) not in reached and id(v) not in generators]
 
 

@@ -60,12 +60,8 @@ def dummy_inputs(config: cfg.ExperimentConfig, batch: int = 1) -> dict:
 def seed_generator_states(model) -> dict:
   """The state variables of the model's random-number generators (dropout masks ...), so a
   resumed run draws the same numbers as a straight one. Keras does not checkpoint them."""
-  states = {}
-  for i, layer in enumerate(model._flatten_layers()):  # pylint: disable=protected-access
-    for j, generator in enumerate(getattr(layer, "_seed_generators", [])):
-      state = generator.state
-      states[f"{i}_{j}"] = getattr(state, "value", state)
-  return states
+  return {k: getattr(state, "value", state)
+          for k, state in contract.seed_generator_states(model).items()}
 
 
 class Trainer:
