@@ -49,12 +49,17 @@ def test_two_replicas_equal_one_with_xla(data, tmp_path):
   The BatchNorm layers normalise each replica's half batch by its own statistics
   (per-replica BN), so they are frozen here (inference mode), and the dropout before W^g
   is off. The smallest frames the strides allow (32 x 32: a 2 x 2 low-level map, 2 x 2
-  part bins) keep the compilation of the seven inception stacks short."""
+  part bins) and table V's ResNet trunk cut to one bottleneck per stage at base width 4
+  (the inception stacks take minutes to compile) keep the compilation short; the STAL
+  layers on top of the trunk are the same."""
   overrides = ["losses.global_triplet.weight=0", "losses.local_triplet.weight=0",
-               "model.stal.dropout=0", "optimizer.name=sgd", "optimizer.learning_rate=0.01",
-               'trainer.freeze=["*/bn", "*/ran_bn1", "*/ran_bn2"]',
+               "model.stal.dropout=0", "optimizer.name=sgd", "optimizer.learning_rate=1e-6",
+               'trainer.freeze=["*bn*"]',
                "runtime.jit_compile=true", "data.height=32", "data.width=32",
-               "model.stal.pool_size=2", "trainer.steps_per_epoch=3"]
+               "model.stal.pool_size=2", "trainer.steps_per_epoch=3",
+               "model.backbone.name=resnet2d", "model.backbone.block_counts=[1, 1, 1, 1]",
+               "model.backbone.base_width=4",
+               "model.backbone.nonlocal_blocks.blocks_per_stage=[0, 0, 0, 0]"]
   one, v1 = train_seeded(config_for(data, *overrides), tmp_path / "one", first_cpu_strategy())
   two, v2 = train_seeded(config_for(data, *overrides), tmp_path / "two", two_cpu_strategy())
   assert int(one.global_step.numpy()) == int(two.global_step.numpy()) == 3
