@@ -120,35 +120,37 @@ Variants:
                   seed 2   5.8 / 25.1 / 14.2   ( 6.3 /  9.0)
                   mean    19.0 / 47.6 / 29.7   (sample std: rank-1 11.9, mAP 14.1)
                 occluded preset, same recipe: 13.1 / 19.7, 4.7 / 12.7, 2.1 / 7.6 (seeds 0-2).
-                The low seeds are a camera shortcut, not a numerical fault (every logged
-                loss finite; train- and test-mode BatchNorm give embeddings of cosine 0.98
-                to 0.99): their nearest gallery tracklet comes from the query's own camera
-                for 72 % (easy, seed 2), 70 % (occluded, seed 2) and 48 % (occluded, seed 1)
-                of the queries, against 32 to 38 % for the three runs above 13 rank-1 (47 %
-                for the no-attention run below) and a base rate of 16 %. Each
-                training identity is filmed by 2 or 3 of the 6 cameras, so a feature that
-                knows only the camera brings OIM from ln 75 = 4.32 to about 3.45 (the mean
-                over training tracklets of ln(identities seen by their camera)); the low
-                seeds sit at that level for most of the run (easy seed 2: 3.54 over steps
-                200-300, 3.57 over 300-360; seed 0: 3.24, then 2.38). The diversity term
-                drives it: from scratch, with weight 1 from the first step, it fixes every
-                head on a cell within about 35 steps (seed 2: Q 5.8 at step 5, 0.002 at
-                step 35, the `spatial_attention_peak` scalar 0.92 at step 30; 0.93-0.97 at
-                the end of every run), while OIM is still at or above chance (4.5-4.8 over
-                steps 20-60 in every run), so the cells are chosen before any identity
-                signal exists. In all six runs two of the four heads sit on the two cells
-                of the top row (hair and background) on nearly every frame (seed 2: peak
-                1.00, logit gap 9 to 11); alone they rank at
-                0.0 rank-1 with 83 % same-camera top matches (seed 2; zeroing their parts
-                at test moves seed 2 only from 5.8 to 6.8). Same seed 2, same recipe: with
-                the diversity weight 0, 17.8 / 28.0 and 38 % same-camera; without attention
-                (num_parts=0, temporal=average), 29.3 / 41.8. The paper trains the
-                attention on a trained, frozen backbone (section 4.2, stage c): the
-                attention stage of seed 2 from that no-attention run (backbone frozen, 180
-                steps, everything else as in `synthetic`) reached 28.3 / 63.9 / 39.1 with
-                31 % same-camera matches, no collapse, but no gain over the backbone's own
-                29.3 / 41.8 at this size either. The one-stage `synthetic` recipe, chosen
-                for a single short command, is what exposes the seed-dependent collapse.
+                The low seeds stopped too early, on a camera shortcut; no numerical fault
+                (every logged loss finite; train- and test-mode BatchNorm give embeddings
+                of cosine 0.98 to 0.99) and no equation found wrong. Each training identity
+                is filmed by 2 or 3 of the 6 cameras, so a feature that knows only the
+                camera brings OIM from ln 75 = 4.32 to about 3.45 (the mean over training
+                tracklets of ln(identities seen by their camera)). Every run spends its
+                first 200 steps above that level (OIM 3.7-4.2 over steps 120-200); when it
+                goes below depends on the seed (OIM over steps 200-300 / 300-360: seed 0
+                3.24 / 2.38, seed 1 3.11 / 2.47, seed 2 3.54 / 3.57), and the learning rate
+                drops by 10 at step 360. Seed 2 ends near it: its nearest gallery tracklet comes from
+                the query's own camera for 72 % of the queries (occluded seed 2: 70 %,
+                seed 1: 48 %), against 32 to 38 % for the three runs above 13 rank-1 and a
+                base rate of 16 %. Trained for 900 steps instead (the first 360 identical,
+                the drop at step 720), seed 2 reaches 40.3 / 75.9 / 52.7 with 30 %
+                same-camera matches (OIM 0.40 over steps 800-900).
+                The attention lengthens the plateau: the diversity term (weight 1 from the
+                first step) fixes every head on a cell within about 35 steps (seed 2: Q 5.8
+                at step 5, 0.002 at step 35; the `spatial_attention_peak` scalar 0.92 at
+                step 30, 0.93-0.97 at the end of every run) while OIM is still at or above
+                chance (4.5-4.8 over steps 20-60 in every run), so the cells are chosen
+                before any identity signal exists. In all six runs (and the 900-step one)
+                two of the four heads sit on the two cells of the top row (hair and
+                background) on nearly every frame (seed 2: peak 1.00, logit gap 9 to 11);
+                alone they give 0.0 rank-1 with 83 % same-camera top matches (seed 2).
+                Same seed 2, 450 steps: with the diversity weight 0, 17.8 / 28.0 (OIM 3.71
+                over steps 120-200, 38 % same-camera); without attention (num_parts=0,
+                temporal=average), 29.3 / 41.8 (OIM 2.69 over steps 120-200). The paper
+                trains the attention on a trained, frozen backbone (section 4.2, stage c):
+                the attention stage of seed 2 from that no-attention run (backbone frozen,
+                180 steps, the rest as in `synthetic`) reached 28.3 / 63.9 / 39.1 with 31 %
+                same-camera matches.
 """
 
 from tfreid import config as cfg
