@@ -129,10 +129,11 @@ Variants:
                 first 200 steps above that level (OIM 3.7-4.2 over steps 120-200); when it
                 goes below depends on the seed (OIM over steps 200-300 / 300-360: seed 0
                 3.24 / 2.38, seed 1 3.11 / 2.47, seed 2 3.54 / 3.57), and the learning rate
-                drops by 10 at step 360. Seed 2 ends near it: its nearest gallery tracklet comes from
-                the query's own camera for 72 % of the queries (occluded preset: seed 2 70 %,
-                seed 1 48 %), against 32 to 38 % for the three runs above 13 rank-1 and a
-                base rate of 16 %. Trained for 900 steps instead (the first 360 identical,
+                drops by 10 at step 360. Seed 2 leaves it only then (2.57 over steps
+                360-400, 2.47 over 400-450) and tests as a camera feature: its nearest
+                gallery tracklet comes from the query's own camera for 72 % of the queries
+                (occluded preset: seed 2 70 %, seed 1 48 %), against 32 to 38 % for the
+                three runs above 13 rank-1 and a base rate of 16 %. Trained for 900 steps instead (the first 360 identical,
                 the drop at step 720), seed 2 reaches 40.3 / 75.9 / 52.7 with 30 %
                 same-camera matches (OIM 0.40 over steps 800-900).
                 The attention lengthens the plateau: the diversity term (weight 1 from the
