@@ -133,9 +133,10 @@ Variants:
                 360-400, 2.47 over 400-450) and tests as a camera feature: its nearest
                 gallery tracklet comes from the query's own camera for 72 % of the queries
                 (occluded preset: seed 2 70 %, seed 1 48 %), against 32 to 38 % for the
-                three runs above 13 rank-1 and a base rate of 16 %. Trained for 900 steps instead (the first 360 identical,
-                the drop at step 720), seed 2 reaches 40.3 / 75.9 / 52.7 with 30 %
-                same-camera matches (OIM 0.40 over steps 800-900).
+                three runs above 13 rank-1 and a base rate of 16 %. Trained for 900 steps
+                instead (the first 360 identical, the drop at step 720), seed 2 reaches
+                40.3 / 75.9 / 52.7 with 30 % same-camera matches (OIM 0.40 over steps
+                800-900).
                 The attention lengthens the plateau: the diversity term (weight 1 from the
                 first step) fixes every head on a cell within about 35 steps (seed 2: Q 5.8
                 at step 5, 0.002 at step 35; the `spatial_attention_peak` scalar 0.92 at
