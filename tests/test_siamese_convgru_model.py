@@ -82,7 +82,7 @@ def test_every_variant_is_a_valid_configuration_with_its_table_row():
   # Section V-B's U[-1, 1] ConvGRU initialisation (tests/test_siamese_convgru_learning.py).
   assert paper.model.siamese_convgru.gru_init_range == 1.0
   synthetic = cfg.get_experiment("siamese_convgru:synthetic")
-  assert synthetic.model.siamese_convgru.gru_init_range == 1.0
+  assert synthetic.model.siamese_convgru.gru_init_range == 0.0
   assert cfg.get_experiment("siamese_convgru:mars").trainer.epochs == 2000
 
 

@@ -201,10 +201,17 @@ class AttentiveConvGRUStack(keras.layers.Layer):
       init_map.build((None, depth))
     top = self.grids[-1]
     if self.spatial_attention == "learned":
-      # Eq. 3's W_i, one column per location i.
+      # Eq. 3's W_i, one column per location i. Zero-initialised (library choice; the paper
+      # gives no initialisation for W_i, section V-B's U[-1, 1] is for the ConvGRUs): m_t
+      # starts uniform, where eq. 9's penalty is at its minimum and its gradient is 0 (for
+      # any T and K^2: at uniform m it is the same for every location, and the softmax's
+      # Jacobian removes a constant), so the penalty acts once the pair loss moves the
+      # attention. With a random W_i the penalty's pull towards uniform attention reaches the
+      # tower through h_{t-1} (the input of eq. 3) and, under RMSProp, drives h_bar to 0,
+      # the saddle of eq. 8's bilinear logit (measured: tests/test_siamese_convgru_learning.py).
       self.attention_kernel = self.add_weight(
           shape=(top[0] * top[1] * self.channels[-1], k1 * k2),
-          initializer="glorot_uniform", name="attention_kernel")
+          initializer="zeros", name="attention_kernel")
     self.built = True
 
   def compute_attention(self, top_state):

@@ -140,17 +140,13 @@ class SiameseConvGRU(keras.Model):
       :class:`tfreid.layers.attentive_conv_gru.AttentiveConvGRUStack`.
     temporal_pooling: see :class:`TemporalAttentionPooling`.
     gru_bias, gru_init_range: see :class:`tfreid.layers.conv_gru.ConvGRUCell`. The kernels
-      start from the paper's U[-1, 1] (section V-B). Eq. 4 scales the cube by m_t (sum_i
-      m_{t,i} = 1, so about 1/K^2 per location): the first layer's input is K^2 times smaller
-      than the CNN features, and U[-1, 1] gives its 3 x 3 x 1024 fan-in a drive of order 1
-      (std ~ sqrt(9 * 1024 / 3) |X| / 49 ~ 1.1 |X|); the recurrent kernels do saturate some
-      gates. Glorot-uniform (``gru_init_range=0``, a library option) leaves that drive near
-      0: h_bar is then nearly the same small vector for every sequence, where eq. 8's
-      bilinear logit has almost no gradient, while eq. 9's penalty, minimal at uniform
-      attention, pulls h_{t-1} (the input of eq. 3) towards 0. RMSProp moves every weight by
-      about the rate whatever the size of its gradient, so the tower collapses to h_bar ~ 0
-      and the pair loss stays at log 2 (measured on ``siamese_convgru:synthetic``:
-      retrieval at chance; ``tests/test_siamese_convgru_learning.py``).
+      start from the paper's U[-1, 1] (section V-B); ``gru_init_range=0`` gives
+      Glorot-uniform (a library option, used by ``siamese_convgru:synthetic``, where
+      U[-1, 1] saturates the gates of the narrow layers and h_bar loses the identity
+      information of the CNN features; experiments/siamese_convgru.py). Eq. 3's W_i starts at
+      0 (uniform attention, where eq. 9's penalty has no gradient; with a random W_i the
+      penalty drove h_bar to 0, the saddle of eq. 8's bilinear logit, and the pair loss stayed
+      at log 2: ``tests/test_siamese_convgru_learning.py``).
     similarity_init: initial entries of v. Library choice: the paper does not say how v
       and c start. v = 1/32 (1/sqrt(1024)) makes the initial logit a scaled inner product
       of the two features, of order 1 rather than of order F, so the sigmoid starts
@@ -286,7 +282,7 @@ class SiameseConvGRU(keras.Model):
       attention pooling);
     - ``embedding_spread``: the standard deviation of h_bar over the batch, averaged over
       its entries: how much the sequences' features differ. Near 0 the pair logits of eq. 8
-      are all alike and the pair loss stays at log 2 (the collapse the U[-1, 1]
+      are all alike and the pair loss stays at log 2 (the collapse the zero-initialised W_i
       initialisation avoids, see the class docstring).
     """
     del batch
