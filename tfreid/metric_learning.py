@@ -4,6 +4,11 @@ LFDA", "Ours + KISSME", features reduced to 150 dimensions by PCA first).
 
     python -m tfreid.metric_learning --model_dir=runs/sc --method=kissme
     python -m tfreid.metric_learning --model_dir=runs/sc --method=lfda --pca_dim=150
+    python -m tfreid.metric_learning --model_dir=runs/sc --method=fisher_vector --components=16
+
+`--method=fisher_vector` is eq. 10's Fisher-vector pooling of the frame-level states (table
+IV, evaluation only): tfreid.fisher_vector, which fits its GMM on the training frames and
+ranks by the Euclidean distance between Fisher vectors; the rest (the reports) is shared.
 
 The run's model gives every training, query and gallery tracklet its ``embedding`` (the
 same extraction as `python -m tfreid.evaluate`: every test clip, merged per tracklet); the
@@ -44,6 +49,8 @@ if __name__ == "__main__":
 import numpy as np  # pylint: disable=wrong-import-position
 
 METHODS = ("kissme", "lfda")
+# The CLI's methods: the metrics above and table IV's Fisher-vector pooling.
+CLI_METHODS = METHODS + ("fisher_vector",)
 RIDGE = 1e-6
 
 
@@ -193,10 +200,13 @@ def fit_metric(method: str, train_features, train_labels, pca_dim: int = 150):
 
 
 def evaluate_run(model_dir: str, method: str, pca_dim: int = 150, checkpoint="latest",
-                 output_dir: str | None = None) -> dict:
+                 output_dir: str | None = None, components: int | None = None,
+                 fv_normalization: str = "none", max_fit_frames: int = 200000,
+                 seed: int = 0) -> dict:
   """Fits `method` on the run's training features and evaluates query against gallery
-  (the run's dataset, split and protocol); writes MODEL_DIR/eval_<method>. Returns the
-  metrics.json record."""
+  (the run's dataset, split and protocol); writes MODEL_DIR/eval_<method> (or
+  `output_dir`). Returns the metrics.json record. `components`, `fv_normalization`,
+  `max_fit_frames` and `seed` are fisher_vector's (tfreid.fisher_vector)."""
   import os  # pylint: disable=import-outside-toplevel
 
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -211,18 +221,29 @@ def evaluate_run(model_dir: str, method: str, pca_dim: int = 150, checkpoint="la
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} does not exist: {model_dir!r} is not a training "
                             "directory written by `python -m tfreid.train`.")
-  if method not in METHODS:
-    raise ValueError(f"--method={method!r}; expected one of {METHODS}.")
+  if method not in CLI_METHODS:
+    raise ValueError(f"--method={method!r}; expected one of {CLI_METHODS}.")
   config = cfg.load_config(config_path)
   path = checkpoints.resolve_checkpoint(model_dir, checkpoint)
   model, step = evaluate.restore_model(config, path,
                                        evaluate.num_training_identities(config, path))
   manifest_protocol, metric_protocol = evaluation.resolve_protocol(config)
-  train, t_index = evaluation.extract_features(config, model, "train", manifest_protocol)
-  query, q_index = evaluation.extract_features(config, model, "query", manifest_protocol)
-  gallery, g_index = evaluation.extract_features(config, model, "gallery", manifest_protocol)
-  distance = fit_metric(method, train["embedding"], t_index.pids, pca_dim)
-  distmat = distance(query["embedding"], gallery["embedding"])
+  if method == "fisher_vector":
+    from tfreid import fisher_vector  # pylint: disable=import-outside-toplevel
+    distmat, q_index, g_index, details = fisher_vector.run_distances(
+        config, model, manifest_protocol,
+        fisher_vector.DEFAULT_COMPONENTS if components is None else components,
+        fv_normalization, max_fit_frames, seed)
+    details = {"fisher_vector": details}
+  else:
+    train, t_index = evaluation.extract_features(config, model, "train", manifest_protocol)
+    query, q_index = evaluation.extract_features(config, model, "query", manifest_protocol)
+    gallery, g_index = evaluation.extract_features(config, model, "gallery",
+                                                   manifest_protocol)
+    distance = fit_metric(method, train["embedding"], t_index.pids, pca_dim)
+    distmat = distance(query["embedding"], gallery["embedding"])
+    details = {"metric_learning": {"method": method, "pca_dim": int(pca_dim),
+                                   "fitted_on": f"{len(t_index.pids)} training tracklets"}}
   result = metrics.evaluate_rank(distmat, q_index.pids, g_index.pids, q_index.camids,
                                  g_index.camids, max_rank=config.eval.max_rank,
                                  protocol=metric_protocol)
@@ -233,9 +254,7 @@ def evaluate_run(model_dir: str, method: str, pca_dim: int = 150, checkpoint="la
   writer = tf.summary.create_file_writer(out_dir)
   record = evaluation.write_reports(
       config, evaluation_result, out_dir, 0 if step is None else step, writer=writer,
-      extra={"metric_learning": {"method": method, "pca_dim": int(pca_dim),
-                                 "fitted_on": f"{len(t_index.pids)} training tracklets"},
-             "checkpoint": path})
+      extra={**details, "checkpoint": path})
   writer.close()
   return record
 
@@ -244,13 +263,27 @@ def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
   parser.add_argument("--model_dir", required=True)
-  parser.add_argument("--method", choices=METHODS, required=True)
-  parser.add_argument("--pca_dim", type=int, default=150)
+  parser.add_argument("--method", choices=CLI_METHODS, required=True)
+  parser.add_argument("--pca_dim", type=int, default=150, help="kissme, lfda")
+  parser.add_argument("--components", type=int, default=None,
+                      help="fisher_vector: GMM components C (library default 16; the paper "
+                      "does not give C)")
+  parser.add_argument("--fv_normalization", default="none", choices=("none", "power_l2"),
+                      help="fisher_vector: none (eq. 10, default) or the library's signed "
+                      "square root + L2")
+  parser.add_argument("--max_fit_frames", type=int, default=200000,
+                      help="fisher_vector: training frames the GMM is fitted on (a seeded "
+                      "random subset when there are more; 0: all)")
+  parser.add_argument("--seed", type=int, default=0, help="fisher_vector: GMM seed")
   parser.add_argument("--checkpoint", default="latest")
   parser.add_argument("--output_dir", default=None)
   args = parser.parse_args(argv)
+  if args.components is not None and args.method != "fisher_vector":
+    parser.error("--components is fisher_vector's; drop it or use --method=fisher_vector.")
   record = evaluate_run(args.model_dir, args.method, args.pca_dim, args.checkpoint,
-                        args.output_dir)
+                        args.output_dir, components=args.components,
+                        fv_normalization=args.fv_normalization,
+                        max_fit_frames=args.max_fit_frames, seed=args.seed)
   from tfreid import evaluate  # pylint: disable=import-outside-toplevel
   print(evaluate.format_summary(record))
   return 0

@@ -230,6 +230,18 @@ class SiameseConvGRU(keras.Model):
                        f"{tuple(maps.shape[1:3])}; set data.height and data.width.")
     return tf.reshape(maps, tf.concat([shape[:2], tf.shape(maps)[1:]], 0))
 
+  def frame_states(self, inputs, training=None):
+    """The top ConvGRU layer's hidden state of every frame, flattened: [B, T, D] float32,
+    D = embedding_dim (the h_t that eq. 10's Fisher vectors pool; tfreid.fisher_vector).
+    Not a model output, so evaluation and export are unchanged."""
+    clips = inputs["clips"] if isinstance(inputs, dict) else inputs
+    if clips.shape.rank != 5:
+      raise ValueError(f"siamese_convgru expects clips [B, T, H, W, 3], got {clips.shape}.")
+    states = self.stack(self.feature_cubes(clips, training=training),
+                        training=training)["states"]
+    shape = tf.shape(states)
+    return tf.cast(tf.reshape(states, [shape[0], shape[1], self.embedding_dim]), tf.float32)
+
   def call(self, inputs, training=None):
     clips = inputs["clips"] if isinstance(inputs, dict) else inputs
     if clips.shape.rank != 5:
