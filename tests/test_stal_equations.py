@@ -196,6 +196,28 @@ def test_eq8_pairwise_matches_numpy_loops():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_underflowed_scores_give_the_mean_and_equal_part_weights_not_nan():
+  """A part whose sigmoid scores all underflow to 0 has no eq. 9 average: its feature is the
+  plain mean over frames; a tracklet whose part weights are all 0 weighs the parts equally in
+  eq. 8. Other parts keep eq. 9 exactly, and every output is finite."""
+  rng = np.random.default_rng(7)
+  f = rng.normal(size=(2, 5, 6, 4)).astype(np.float32)
+  a = rng.uniform(0.1, 1, (2, 5, 6)).astype(np.float32)
+  a[0, :, 2] = 0.0          # one part of tracklet 0
+  a[1] = 0.0                # every part of tracklet 1
+  parts = sa.temporal_aggregation(tf.constant(f), tf.constant(a)).numpy()
+  assert np.isfinite(parts).all()
+  np.testing.assert_allclose(parts[0, 2], f[0, :, 2].mean(0), rtol=1e-6)
+  np.testing.assert_allclose(parts[1], f[1].mean(0), rtol=1e-6)
+  want = (a[0, :, 0, None] * f[0, :, 0]).sum(0) / a[0, :, 0].sum()
+  np.testing.assert_allclose(parts[0, 0], want, rtol=1e-5)
+  got = sa.attention_part_distance(parts[1:], a[1].sum(0)[None], parts[:1],
+                                   a[0].sum(0)[None]).numpy()[0, 0]
+  wb = a[0].sum(0) / a[0].sum()
+  want = sum((1 / 6) * wb[r] * np.linalg.norm(parts[1, r] - parts[0, r]) for r in range(6))
+  assert got == pytest.approx(want, rel=1e-5)
+
+
 def test_eqs_10_to_13_gradient_of_psi():
   """Autodiff of psi w.r.t. a_i against the note's values, the paper's chain (eq. 13) with
   the corrected eq. 12, (delta_rr' - a_n^r') / (T ||abar||), and central differences."""

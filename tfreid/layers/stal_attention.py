@@ -97,11 +97,22 @@ def temporal_aggregation(part_features, scores):
     scores: [B, T, R] attention scores a^{r,t} (> 0; any common scale, eq. 9 is invariant).
 
   Returns:
-    [B, R, D].
+    [B, R, D]. A part whose scores are all 0 (the sigmoid underflows below about -88) has
+    no eq. 9 average; it gets the plain mean over frames (library choice: the limit of eq. 9
+    as its scores become equal), not 0/0.
   """
   scores = tf.cast(scores, part_features.dtype)
   weighted = tf.reduce_sum(scores[..., None] * part_features, axis=1)
-  return weighted / tf.reduce_sum(scores, axis=1)[..., None]
+  return weighted_or_mean(weighted, tf.reduce_sum(scores, axis=1),
+                          tf.reduce_mean(part_features, axis=1))
+
+
+def weighted_or_mean(weighted_sum, weight_sum, mean):
+  """weighted_sum / weight_sum ([..., R, D] / [..., R]) where the weights sum to more than 0,
+  `mean` where they sum to 0 (eq. 9's 0/0)."""
+  positive = weight_sum > 0
+  safe = tf.where(positive, weight_sum, tf.ones_like(weight_sum))
+  return tf.where(positive[..., None], weighted_sum / safe[..., None], mean)
 
 
 def _safe_norm(squared):
@@ -137,12 +148,20 @@ def attention_part_distance(parts_a, weight_a, parts_b, weight_b):
   Returns:
     float32 [A, B].
   """
-  wa = tf.cast(weight_a, tf.float32)
-  wb = tf.cast(weight_b, tf.float32)
-  na = wa / tf.reduce_sum(tf.abs(wa), -1, keepdims=True)
-  nb = wb / tf.reduce_sum(tf.abs(wb), -1, keepdims=True)
+  na = _l1_normalized(weight_a)
+  nb = _l1_normalized(weight_b)
   distances = pairwise_part_distances(parts_a, parts_b)          # [A, B, R]
   return tf.einsum("ar,br,abr->ab", na, nb, distances)
+
+
+def _l1_normalized(weight):
+  """abar / ||abar||_1 per row; a row of zeros (every score underflowed) weighs the parts
+  equally, as the `spatial_attention` switch off does (library choice, not 0/0)."""
+  w = tf.cast(weight, tf.float32)
+  norm = tf.reduce_sum(tf.abs(w), -1, keepdims=True)
+  positive = norm > 0
+  uniform = tf.ones_like(w) / tf.cast(tf.shape(w)[-1], tf.float32)
+  return tf.where(positive, w / tf.where(positive, norm, tf.ones_like(norm)), uniform)
 
 
 @keras.saving.register_keras_serializable(package="tfreid")

@@ -83,7 +83,8 @@ from tfreid.layers.preprocessing import ClipNormalization
 from tfreid.layers.roi_pooling import roi_max_pool
 from tfreid.layers.stal_attention import (NUM_PARTS, PART_NAMES, ResidualAttentionMask,
                                           SpatialTemporalAttention, attention_part_distance,
-                                          box_masks, part_boxes, temporal_aggregation)
+                                          box_masks, part_boxes, temporal_aggregation,
+                                          weighted_or_mean)
 from tfreid.losses.triplet import pairwise_euclidean_distance
 from tfreid.models.base import ConfigKeysMixin
 
@@ -398,7 +399,8 @@ class Stal(ConfigKeysMixin, keras.Model):
     del count
     frames = sums["frames"]
     if self.temporal_attention:
-      parts = sums["weighted_parts"] / sums["part_weight"][..., None]
+      parts = weighted_or_mean(sums["weighted_parts"], sums["part_weight"],
+                               sums["part_sum"] / frames[..., None])
     else:
       parts = sums["part_sum"] / frames[..., None]
     weight = sums["part_weight"] if self.spatial_attention else tf.ones_like(
