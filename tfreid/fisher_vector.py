@@ -249,16 +249,8 @@ def _frame_function(model, streams):
 def _partition_batches(config, model, partition: str, protocol: str):
   """(frame states [B, T, D] float64, frame weights [B, T], tracklet positions [B]) of every
   test clip of a partition, and the partition index."""
-  from tfreid.data import pipeline as data_pipeline  # pylint: disable=import-outside-toplevel
-  from tfreid.data import reader as data_reader  # pylint: disable=import-outside-toplevel
-  from tfreid.models import contract  # pylint: disable=import-outside-toplevel
-  streams = contract.input_streams(config)
-  split = config.data.split
-  index = data_reader.load_partition(config.data.data_dir, partition, split=split,
-                                     protocol=protocol, skip_corrupt=config.data.skip_corrupt)
-  dataset = data_pipeline.make_test_dataset(
-      config, partition, split=split, protocol=protocol, index=index, streams=streams,
-      num_frames=config.eval.partition_seq_len(partition), length_seed=config.eval.length_seed)
+  from tfreid.training import evaluation  # pylint: disable=import-outside-toplevel
+  index, dataset, streams = evaluation.partition_clips(config, partition, protocol)
   run = _frame_function(model, streams)
 
   def batches():

@@ -89,6 +89,21 @@ def _feature_function(model, streams):
   return functions[key]
 
 
+def partition_clips(config: cfg.ExperimentConfig, partition: str, protocol: str,
+                    split: int | None = None):
+  """(index, dataset, streams): a partition's metadata as the reader gives it, its test clips
+  as evaluation reads them (every clip, `eval`'s sequence lengths) and the streams the
+  method reads."""
+  split = config.data.split if split is None else split
+  streams = contract.input_streams(config)
+  index = data_reader.load_partition(config.data.data_dir, partition, split=split,
+                                     protocol=protocol, skip_corrupt=config.data.skip_corrupt)
+  dataset = data_pipeline.make_test_dataset(
+      config, partition, split=split, protocol=protocol, index=index, streams=streams,
+      num_frames=config.eval.partition_seq_len(partition), length_seed=config.eval.length_seed)
+  return index, dataset, streams
+
+
 def extract_features(config: cfg.ExperimentConfig, model, partition: str,
                      protocol: str, split: int | None = None):
   """Tracklet representations of one partition: the per-clip statistics of every test clip
@@ -98,13 +113,7 @@ def extract_features(config: cfg.ExperimentConfig, model, partition: str,
   Returns (features: dict name -> float32 [N, ...], index) where `index` is the reader's
   partition metadata (pids, camids, tracklet_ids in the same order).
   """
-  split = config.data.split if split is None else split
-  streams = contract.input_streams(config)
-  index = data_reader.load_partition(config.data.data_dir, partition, split=split,
-                                     protocol=protocol, skip_corrupt=config.data.skip_corrupt)
-  dataset = data_pipeline.make_test_dataset(
-      config, partition, split=split, protocol=protocol, index=index, streams=streams,
-      num_frames=config.eval.partition_seq_len(partition), length_seed=config.eval.length_seed)
+  index, dataset, streams = partition_clips(config, partition, protocol, split)
   run = _feature_function(model, streams)
   n = len(index.pids)
   sums: dict[str, np.ndarray] = {}
