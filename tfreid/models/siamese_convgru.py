@@ -234,20 +234,19 @@ class SiameseConvGRU(keras.Model):
     """The top ConvGRU layer's hidden state of every frame, flattened: [B, T, D] float32,
     D = embedding_dim (the h_t that eq. 10's Fisher vectors pool; tfreid.fisher_vector).
     Not a model output, so evaluation and export are unchanged."""
-    clips = inputs["clips"] if isinstance(inputs, dict) else inputs
-    if clips.shape.rank != 5:
-      raise ValueError(f"siamese_convgru expects clips [B, T, H, W, 3], got {clips.shape}.")
-    states = self.stack(self.feature_cubes(clips, training=training),
-                        training=training)["states"]
+    states = self._recurrent(inputs, training)["states"]
     shape = tf.shape(states)
     return tf.cast(tf.reshape(states, [shape[0], shape[1], self.embedding_dim]), tf.float32)
 
-  def call(self, inputs, training=None):
+  def _recurrent(self, inputs, training):
+    """The ConvGRU stack's outputs (``states``, ``attention``) on the clips' feature cubes."""
     clips = inputs["clips"] if isinstance(inputs, dict) else inputs
     if clips.shape.rank != 5:
       raise ValueError(f"siamese_convgru expects clips [B, T, H, W, 3], got {clips.shape}.")
-    cubes = self.feature_cubes(clips, training=training)
-    recurrent = self.stack(cubes, training=training)
+    return self.stack(self.feature_cubes(clips, training=training), training=training)
+
+  def call(self, inputs, training=None):
+    recurrent = self._recurrent(inputs, training)
     h_bar, alpha = self.temporal(recurrent["states"])
     dropped = self.feature_dropout(h_bar, training=training)
     outputs = {
