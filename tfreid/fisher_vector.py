@@ -125,14 +125,17 @@ def fit_gmm(frames, components: int = DEFAULT_COMPONENTS, iterations: int = 100,
   rng = np.random.default_rng(seed)
   floor = VARIANCE_FLOOR * np.var(x, axis=0) + 1e-10
   means = _kmeans_pp(x, components, rng)
-  for _ in range(kmeans_iterations):
+
+  def nearest_centre():
     dist = (np.sum(x * x, 1)[:, None] - 2.0 * x @ means.T + np.sum(means ** 2, 1)[None, :])
-    assign = np.argmin(dist, axis=1)
+    return np.argmin(dist, axis=1)
+
+  for _ in range(kmeans_iterations):
+    assign = nearest_centre()
     for k in range(components):
       if np.any(assign == k):
         means[k] = x[assign == k].mean(axis=0)
-  dist = (np.sum(x * x, 1)[:, None] - 2.0 * x @ means.T + np.sum(means ** 2, 1)[None, :])
-  assign = np.argmin(dist, axis=1)
+  assign = nearest_centre()
   variances = np.empty_like(means)
   priors = np.empty(components)
   for k in range(components):
@@ -213,14 +216,6 @@ def fisher_vector(gmm: DiagonalGMM, frames, normalization: str = "none") -> np.n
   """Eq. 10 of one video H = [h_1 .. h_T], [T, D] -> [2 C D]."""
   first, second = frame_sums(gmm, frames)
   return finish(gmm, first, second, len(np.asarray(frames)), normalization)
-
-
-def euclidean_distances(query, gallery) -> np.ndarray:
-  """||q - g|| for every pair, [Q, G]."""
-  q = np.asarray(query, np.float64)
-  g = np.asarray(gallery, np.float64)
-  squared = (np.sum(q * q, 1)[:, None] + np.sum(g * g, 1)[None, :] - 2.0 * q @ g.T)
-  return np.sqrt(np.maximum(squared, 0.0))
 
 
 # ------------------------------------------------------------------ a trained run's frames
@@ -328,4 +323,6 @@ def run_distances(config, model, protocol: str, components: int = DEFAULT_COMPON
   details = {"components": int(components), "normalization": normalization,
              "distance": "euclidean", "dimensions": int(query.shape[1]),
              "fitted_on": f"{len(fit_frames)} training frames", "seed": int(seed)}
-  return euclidean_distances(query, gallery), q_index, g_index, details
+  from tfreid import metrics  # pylint: disable=import-outside-toplevel
+  distances = metrics.compute_distance_matrix(query, gallery, "euclidean", dtype=np.float64)
+  return distances, q_index, g_index, details
