@@ -1,7 +1,6 @@
 """Faults: a NaN loss stops training naming the step and the term; `kill -9` then the same
 command resumes; SIGTERM saves a checkpoint and exits 143."""
 
-import glob
 import os
 import re
 import signal
@@ -60,15 +59,21 @@ def test_kill_9_then_the_same_command_resumes(tiny_data, tmp_path):
   args = cli(model_dir, tiny_data, "trainer.steps_per_epoch=50", "trainer.epochs=2",
              "trainer.checkpoint_every_steps=20", "trainer.log_every_steps=10",
              "runtime.jit_compile=false")
-  proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while time.time() < deadline and not glob.glob(str(model_dir / "ckpt-20.index")):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  log = tmp_path / "first_run.log"
+  with open(log, "w", encoding="utf-8") as stderr:
+    proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=stderr)
+    # Kill once the `checkpoint` state file names a checkpoint (it is written after the
+    # checkpoint's own files, so waiting for ckpt-20.index alone could kill in between).
+    deadline = time.time() + 480
+    while (time.time() < deadline and proc.poll() is None
+           and tf.train.latest_checkpoint(str(model_dir)) is None):
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
   latest = tf.train.latest_checkpoint(str(model_dir))
-  assert latest is not None, "no checkpoint was written before the kill"
+  assert latest is not None, ("no checkpoint was written before the kill:\n"
+                              + log.read_text(encoding="utf-8")[-2000:])
   killed_at = int(latest.rsplit("-", 1)[1])
   assert 20 <= killed_at < 100, "the run finished before it was killed"
   rerun = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True,
