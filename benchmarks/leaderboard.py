@@ -391,7 +391,13 @@ def main(argv=None) -> int:
           f"({done_times[-1] / 60:.1f} min; grid {(time.time() - start) / 60:.0f} min)")
   records = [r for r in (collect(m, p, s, run_dir(args.runs_dir, m, p, s))
                          for m in METHODS for p in PRESETS for s in SEEDS) if r is not None]
-  grid_seconds = None if args.report_only else time.time() - start
+  grid_seconds = time.time() - start
+  if args.report_only:  # the last grid command's time stays in the report
+    previous = os.path.join(args.output_dir, "leaderboard.json")
+    grid_seconds = None
+    if os.path.exists(previous):
+      with open(previous) as f:
+        grid_seconds = json.load(f).get("grid_seconds")
   report(records, args.output_dir, args.runs_dir, python, grid_seconds,
          draw_attention=not args.no_attention)
   return 0

@@ -106,6 +106,67 @@ def test_tiny_model_eager_xla_and_training_step():
     assert grad is not None and np.abs(grad.numpy()).max() > 0, var.path
 
 
+def test_attention_picture_draws_each_blocks_eq_5_weights():
+  """The visualisation hook: one row per non-local block (attention received, the mean of
+  eq. 5 over query positions) and a row of one query's weights, from each block's real
+  input, drawn over the clip with one scale per row."""
+  from tfreid import visualize  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(4)
+  model = nonlocal_i3d.NonLocalI3D(5, **dict(TINY, nonlocal_blocks=(0, 1, 1, 0)))
+  for var in model.weights:  # trained-like blocks: far from uniform attention
+    if "nonlocal" in var.path and ("theta" in var.path or "phi" in var.path):
+      var.assign(rng.normal(0.0, 1.0, var.shape).astype("float32"))
+  clips = _clips(rng, batch=3, frames=4, height=64, width=32)
+  attention = model.nonlocal_attention(clips)
+  names = [layer.name for layer in model.backbone.layers
+           if isinstance(layer, nonlocal_i3d.NonLocalBlock)]
+  assert list(attention) == names and len(names) == 2
+  # Each block runs before its stage's first block (placement "before"): on the res2 map
+  # (16 x 8 at 64 x 32) and the res3 map (8 x 4); keys on the 2x2-pooled grid.
+  assert [a[1:] for a in attention.values()] == [((4, 16, 8), (4, 8, 4)),
+                                                 ((4, 8, 4), (4, 4, 2))]
+  for name, (weights, queries, keys) in attention.items():
+    # The weights belong to the block's real input: the block's output from that input,
+    # y = x + BN(W_z(weights @ g)), is the output the backbone computes.
+    block = model.backbone.get_layer(name)
+    probe = keras.Model(model.backbone.inputs, [block.input, block.output])
+    x, y = probe(model.normalize(clips), training=False)
+    np.testing.assert_allclose(block(x, training=False).numpy(), y.numpy(), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), block.attention_weights(x).numpy(),
+                               rtol=1e-6)
+    assert weights.shape == (3, np.prod(queries), np.prod(keys))
+    assert weights.numpy().max() > 3.0 / np.prod(keys)
+
+  drawn = visualize.attention_overlays(model, {"clips": clips}, {}, max_clips=2)
+  assert list(drawn) == ["nonlocal"]
+  images = drawn["nonlocal"].numpy()
+  # 2 clips; rows: frames, 2 blocks, one query (4 x 64 pixels + 3 gaps); 4 x 32 + 3 wide.
+  assert images.shape == (2, 4 * 64 + 3, 4 * 32 + 3, 3)
+  for b in range(2):
+    for row, (weights, _, keys) in enumerate(attention.values(), start=1):
+      received = weights.numpy()[b].mean(axis=0).reshape(keys)
+      want = visualize.clip_strip([visualize.heatmap_overlay(clips[b], received,
+                                                             together=True)]).numpy()
+      got = images[b, row * 65:row * 65 + 64]
+      np.testing.assert_allclose(got, want, atol=1e-5)
+    # The query is the centre cell (4, 2) of frame 2 on the last block's 8 x 4 grid:
+    # rows 32-40 and columns 16-24 of frame 2, boxed in white there and nowhere else
+    # (tf.image.draw_bounding_boxes puts fraction y at pixel row floor(y * (64 - 1))).
+    weights, _, keys = list(attention.values())[-1]
+    query = (2 * 8 + 4) * 4 + 2
+    want = visualize.heatmap_overlay(clips[b], weights.numpy()[b, query].reshape(keys),
+                                     together=True).numpy()
+    last = images[b, 3 * 65:]
+    for t in (0, 1, 3):
+      np.testing.assert_allclose(last[:, t * 33:t * 33 + 32], want[t], atol=1e-5)
+    frame = last[:, 2 * 33:2 * 33 + 32]
+    differs = np.abs(frame - want[2]).max(axis=-1) > 1e-5
+    assert np.all(frame[differs] == 1.0)
+    rows, cols = np.nonzero(differs)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (31, 39, 15, 23)
+
+
 def test_two_replicas_use_per_replica_batchnorm():
   """MirroredStrategy over 2 logical CPUs: per-replica BN statistics, per-replica gradients.
 

@@ -1,4 +1,5 @@
-"""NonLocalBlock: identity at initialisation, eqs. 4-6 against numpy, equivariance, config."""
+"""NonLocalBlock: identity at initialisation, eqs. 4-6 against numpy, its eq. 5 weights,
+equivariance, config."""
 
 import keras
 import numpy as np
@@ -77,6 +78,37 @@ def test_matches_numpy_equations(subsample):
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
   compiled = tf.function(lambda v: block(v, training=False), jit_compile=True)
   np.testing.assert_allclose(compiled(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("subsample", [False, True])
+def test_attention_weights_are_eq_5_over_the_key_grid(subsample):
+  """attention_weights: row i is softmax_j(theta(x_i)^T phi(x_j)) over the keys of
+  key_grid (2x2 max-pooled phi when subsampling), computed here in float64."""
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=SHAPE).astype("float32")
+  block = NonLocalBlock(0.5, subsample)
+  block.build(SHAPE)
+  _randomize(block, rng)
+  b, t, h, w, _ = SHAPE
+  grid = block.key_grid(t, h, w)
+  assert grid == ((3, 3, 2) if subsample else (3, 5, 3))
+  theta_w, theta_b = (np.float64(v) for v in block.theta.get_weights())
+  phi_w, phi_b = (np.float64(v) for v in block.phi.get_weights())
+  theta = (np.float64(x) @ theta_w + theta_b).reshape(b, t * h * w, -1)
+  phi = np.float64(x) @ phi_w + phi_b
+  if subsample:
+    padded = np.full((b, t, 6, 4, phi.shape[-1]), -np.inf)
+    padded[:, :, :h, :w] = phi
+    phi = padded.reshape(b, t, 3, 2, 2, 2, -1).max(axis=(3, 5))
+  phi = phi.reshape(b, int(np.prod(grid)), -1)
+  logits = np.einsum("bic,bjc->bij", theta, phi)
+  expected = np.exp(logits - logits.max(-1, keepdims=True))
+  expected /= expected.sum(-1, keepdims=True)
+  got = block.attention_weights(x).numpy()
+  assert got.shape == (b, t * h * w, int(np.prod(grid))) and got.dtype == np.float32
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+  assert expected.max() > 5.0 / expected.shape[-1]  # far from uniform: a real check
 
 
 def test_permutation_equivariance_without_subsampling():

@@ -37,6 +37,20 @@ def test_heatmap_blends_the_ramp_by_the_normalised_map():
   np.testing.assert_allclose(out8[0, 1, 1], 0.8 + RAMP_LOW * 0.2, rtol=1e-6)
 
 
+def test_heatmap_together_scales_a_clips_maps_by_one_range():
+  frames = np.full((2, 1, 2, 3), 0.5, np.float32)
+  maps = np.array([[[0.0, 1.0]], [[2.0, 2.0]]], np.float32)
+  out = visualize.heatmap_overlay(frames, maps, alpha=0.6, together=True).numpy()
+  # The clip's range is 0..2: 0 -> the first stop, 1 -> the middle one, 2 -> the last.
+  np.testing.assert_allclose(out[0, 0, 0], 0.5 * 0.8 + RAMP_LOW * 0.2, rtol=1e-6)
+  middle = np.array([0.3, 0.85, 0.45], np.float32)
+  np.testing.assert_allclose(out[0, 0, 1], 0.5 * 0.6 + middle * 0.4, rtol=1e-6)
+  np.testing.assert_allclose(out[1, 0, 0], 0.5 * 0.4 + RAMP_HIGH * 0.6, rtol=1e-6)
+  # Each map on its own: the constant second map falls to its minimum instead.
+  alone = visualize.heatmap_overlay(frames, maps, alpha=0.6).numpy()
+  np.testing.assert_allclose(alone[1, 0, 0], 0.5 * 0.8 + RAMP_LOW * 0.2, rtol=1e-6)
+
+
 def test_heatmap_is_resized_to_the_frame():
   maps = np.zeros((1, 2, 2), np.float32)
   maps[0, 0, 0] = 1.0  # top-left cell hot

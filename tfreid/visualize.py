@@ -21,7 +21,8 @@ The trainer writes these as ``attention/<name>`` image summaries; ``python -m
 tfreid.visualize --model_dir=RUN --output=attention.png`` writes one test tracklet's picture.
 
 Heat maps are scaled per map (its own minimum to maximum), so a picture shows where a map
-looks, not how peaked it is compared with another map; weight bars are scaled to the largest
+looks, not how peaked it is compared with another map (a hook can scale a clip's maps
+together, ``heatmap_overlay(..., together=True)``); weight bars are scaled to the largest
 weight of the clip.
 """
 
@@ -73,20 +74,28 @@ def normalize_maps(maps) -> tf.Tensor:
   return (maps - low) / tf.maximum(high - low, 1e-12)
 
 
-def heatmap_overlay(frames, maps, alpha: float = 0.55) -> tf.Tensor:
+def heatmap_overlay(frames, maps, alpha: float = 0.55, together: bool = False) -> tf.Tensor:
   """Each map [h, w] resized to its frame and blended over it as a heat map.
 
   Args:
     frames: [N, H, W, 3] uint8 or float in [0, 1].
-    maps: [N, h, w] (any non-negative scale; each is normalised on its own).
+    maps: [N, h, w] (any non-negative scale).
     alpha: the heat map's weight where the map is at its maximum; it falls to alpha / 3
       where the map is at its minimum, so the frame stays visible where the model does not
       look.
+    together: scale all N maps by their common minimum and maximum instead of each by its
+      own, so that frames can be compared (attention spread over a whole clip).
 
   Returns: float32 [N, H, W, 3] in [0, 1].
   """
   frames = as_float_frames(frames)
-  maps = normalize_maps(maps)[..., tf.newaxis]
+  maps = tf.cast(maps, tf.float32)
+  if together:
+    low, high = tf.reduce_min(maps), tf.reduce_max(maps)
+    maps = (maps - low) / tf.maximum(high - low, 1e-12)
+  else:
+    maps = normalize_maps(maps)
+  maps = maps[..., tf.newaxis]
   size = tf.shape(frames)[1:3]
   maps = tf.clip_by_value(tf.image.resize(maps, size, method="bilinear"), 0.0, 1.0)
   weight = alpha * (1.0 + 2.0 * maps) / 3.0

@@ -98,8 +98,8 @@ class NonLocalBlock(keras.layers.Layer):
                         (shape[3] + pad_w) // 2, 2, shape[4]))
     return ops.max(x, axis=(3, 5))
 
-  def call(self, inputs, training=None):
-    shape = ops.shape(inputs)
+  def _attention(self, inputs):
+    """(the attention [B, N, M] float32, g [B, M, C'])."""
     theta = self._flatten_positions(self.theta(inputs))            # [B, N, C']
     phi = self.phi(inputs)
     g = self.g(inputs)
@@ -109,7 +109,24 @@ class NonLocalBlock(keras.layers.Layer):
     g = self._flatten_positions(g)                                  # [B, M, C']
     logits = ops.matmul(ops.cast(theta, "float32"),
                         ops.transpose(ops.cast(phi, "float32"), (0, 2, 1)))  # eq. 4 exponent
-    attention = ops.softmax(logits, axis=-1)                        # eq. 5, over j
+    return ops.softmax(logits, axis=-1), g                          # eq. 5, over j
+
+  def attention_weights(self, inputs):
+    """The weights of eq. 5 for `inputs` [B, T, H, W, C]: float32 [B, N, M], row i (query
+    position i of the T x H x W grid, row-major) sums to 1 over the M key positions j, the
+    T x ceil(H/2) x ceil(W/2) grid of :meth:`key_grid` when ``subsample``. What ``call``
+    weights g with; for pictures and analysis."""
+    return self._attention(inputs)[0]
+
+  def key_grid(self, time: int, height: int, width: int) -> tuple[int, int, int]:
+    """The (T, h, w) grid the M key positions j of :meth:`attention_weights` lie on."""
+    if self.subsample:
+      return time, (height + 1) // 2, (width + 1) // 2
+    return time, height, width
+
+  def call(self, inputs, training=None):
+    shape = ops.shape(inputs)
+    attention, g = self._attention(inputs)
     y = ops.matmul(ops.cast(attention, g.dtype), g)                 # [B, N, C']
     y = ops.reshape(y, (shape[0], shape[1], shape[2], shape[3], ops.shape(y)[-1]))
     z = self.w_z_bn(self.w_z(y), training=training)                 # eq. 6

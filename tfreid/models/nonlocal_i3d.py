@@ -29,9 +29,12 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from tfreid.backbones import resnet3d, weights
 from tfreid.config import ConfigError
+from tfreid.layers.non_local import NonLocalBlock
 from tfreid.layers.preprocessing import ClipNormalization
 from tfreid.models.base import ConfigKeysMixin, head_kwargs
 from tfreid.models.heads import BottleneckHead
@@ -111,6 +114,68 @@ class NonLocalI3D(ConfigKeysMixin, keras.Model):
     clips = inputs["clips"] if isinstance(inputs, dict) else inputs
     feature_map = self.backbone(self.normalize(clips), training=training)["res5"]
     return self.head(feature_map, training=training)
+
+  def nonlocal_attention(self, clips) -> dict:
+    """Each non-local block's eq. 5 weights for `clips` uint8 [B, T, H, W, 3], in inference
+    mode: {block name: (weights float32 [B, N, M], the (T', h, w) grid of the N query
+    positions, the grid of the M key positions)}, in the order the blocks run (see
+    :meth:`NonLocalBlock.attention_weights`)."""
+    blocks = [layer for layer in self.backbone.layers if isinstance(layer, NonLocalBlock)]
+    if not blocks:
+      return {}
+    if getattr(self, "_block_inputs", None) is None:
+      # The backbone is functional: one sub-model gives every block's input in one pass.
+      self._block_inputs = keras.Model(self.backbone.inputs,
+                                       [block.input for block in blocks])
+    features = self._block_inputs(self.normalize(clips), training=False)
+    features = features if isinstance(features, (list, tuple)) else [features]
+    result = {}
+    for block, x in zip(blocks, features):
+      query_grid = tuple(int(d) for d in x.shape[1:4])
+      result[block.name] = (block.attention_weights(x), query_grid,
+                            block.key_grid(*query_grid))
+    return result
+
+  def attention_overlays(self, inputs, outputs):
+    """Where the non-local blocks gather from (`tfreid.visualize` hook: TensorBoard
+    ``attention/nonlocal``, ``python -m tfreid.visualize``). Per clip, top to bottom:
+
+    * the frames;
+    * one row per block, in the order they run: the attention each key position j
+      receives, the mean over all query positions i of the eq. 5 weight
+      f(x_i, x_j) / C(x), as a heat map over its frame;
+    * for the last block, the eq. 5 weights of one query position, the centre cell of the
+      middle frame (its cell boxed), over every frame: where that position looks for
+      related content, what paper fig. 6 draws with arrows.
+
+    Every row is scaled over the whole clip, so frames a block draws little from (an
+    occluder, a bad crop) stay dark."""
+    from tfreid import visualize  # pylint: disable=import-outside-toplevel
+    del outputs
+    clips = inputs["clips"][:2]
+    attention = self.nonlocal_attention(clips)
+    if not attention:
+      return {}
+    frames_per_clip = int(clips.shape[1])
+    last_weights, (qt, qh, qw), last_keys = list(attention.values())[-1]
+    query = ((qt // 2) * qh + qh // 2) * qw + qw // 2
+    query_frame = (qt // 2) * frames_per_clip // qt
+    query_box = np.array([[[(qh // 2) / qh, (qw // 2) / qw,
+                            (qh // 2 + 1) / qh, (qw // 2 + 1) / qw]]], np.float32)
+    pictures = []
+    for b in range(int(clips.shape[0])):
+      rows = [clips[b]]
+      for weights, _, key_grid in attention.values():
+        received = tf.reshape(tf.reduce_mean(weights[b], axis=0), key_grid)  # [T', h, w]
+        rows.append(visualize.heatmap_overlay(clips[b], received, together=True))
+      looked_at = visualize.heatmap_overlay(
+          clips[b], tf.reshape(last_weights[b, query], last_keys), together=True)
+      boxed = visualize.draw_boxes(looked_at[query_frame:query_frame + 1], query_box,
+                                   colors=np.ones((1, 3), np.float32))
+      rows.append(tf.concat([looked_at[:query_frame], boxed,
+                             looked_at[query_frame + 1:]], axis=0))
+      pictures.append(visualize.clip_strip(rows))
+    return {"nonlocal": tf.stack(pictures)}
 
 
 def model_kwargs(config) -> dict:
