@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -200,6 +201,29 @@ def test_fixed_length_query_and_gallery_sequences():
   with pytest.raises(cfg.ConfigError, match=r"eval.gallery_seq_len must be >= 0 \(0: every "
                                             r"frame of the tracklet\), got -1"):
     cfg.build_config("stal", overrides=["eval.gallery_seq_len=-1"])
+
+
+def test_test_time_augmentation_conditions():
+  """eval.tta_*: siamese_convgru's section V-B reading (2 mirrors x 8 diagonal shifts over
+  +-5%, tracklets under 128 frames), plain clips elsewhere, and the errors."""
+  paper = cfg.build_config("siamese_convgru")
+  conditions = paper.eval.tta_conditions()
+  assert len(conditions) == 16 and paper.eval.tta_max_length == 128
+  shifts = sorted({shift for _, shift in conditions})
+  np.testing.assert_allclose(shifts, np.linspace(-0.05, 0.05, 8), atol=1e-12)
+  assert sorted(conditions) == sorted((f, s) for f in (False, True) for s in shifts)
+  for name in ("siamese_convgru:synthetic", "temporal_pooling", "stal"):
+    assert cfg.build_config(name).eval.tta_conditions() == [(False, 0.0)]
+  flips = cfg.build_config("temporal_pooling", overrides=["eval.tta_flip=true"])
+  assert flips.eval.tta_conditions() == [(False, 0.0), (True, 0.0)]
+  for overrides, pattern in [
+      (["eval.tta_shifts=8"], r"eval.tta_shifts=8 with eval.tta_translate=0.0: translated "
+                              r"test conditions need both"),
+      (["eval.tta_translate=0.05"], r"need both"),
+      (["eval.tta_shifts=3", "eval.tta_translate=0.6"], r"fraction of the frame in \[0, 0.5\)"),
+      (["eval.tta_max_length=-1"], r"must be >= 0")]:
+    with pytest.raises(cfg.ConfigError, match=pattern):
+      cfg.build_config("temporal_pooling", overrides=overrides)
 
 
 def test_evaluation_overrides_take_the_methods_test_time_switches_only():

@@ -384,3 +384,40 @@ def test_test_clips_take_data_test_seq_len(codes):
   assert counts == expected
   assert take(pipeline.make_train_dataset(config), 1)[0]["clips"].shape[1] == T
   assert list(pipeline.test_clips_per_tracklet(config, index)) == list(expected.values())
+
+
+@pytest.mark.parametrize("condition", [(True, 0.0), (False, 0.25), (True, -0.25)])
+def test_test_time_augmentation_condition_translates_then_mirrors(tmp_path, condition):
+  """make_test_dataset(condition=(flip, shift)): every test clip is the plain one moved by
+  round(shift * (H, W)) pixels with zeros filled in, then mirrored when flip; the flow's
+  dx changes sign under the mirror; the same clips, in the same order, otherwise."""
+  path = str(tmp_path / "tta")
+  data_fixtures.write_tiny_dataset(path, num_ids=2, tracklets_per_id=2, num_frames=(3, 6),
+                                   height=H, width=W, with_flow=True, frame_format="png")
+  config = data_config(path)
+  streams = ("clips", "flow")
+  plain = take(pipeline.make_test_dataset(config, "query", streams=streams), 10)
+  moved = take(pipeline.make_test_dataset(config, "query", streams=streams,
+                                          condition=condition), 10)
+  flip, shift = condition
+  sy, sx = round(shift * H), round(shift * W)
+  assert (sy, sx) == ((2, 1) if shift > 0 else (-2, -1) if shift < 0 else (0, 0))
+
+  def expected(a):
+    out = np.zeros_like(a)
+    ys, yd = (slice(0, H - sy), slice(sy, H)) if sy >= 0 else (slice(-sy, H), slice(0, H + sy))
+    xs, xd = (slice(0, W - sx), slice(sx, W)) if sx >= 0 else (slice(-sx, W), slice(0, W + sx))
+    out[..., yd, xd, :] = a[..., ys, xs, :]
+    return out[..., ::-1, :] if flip else out
+
+  assert len(plain) == len(moved)
+  changed = False
+  for a, b in zip(plain, moved):
+    np.testing.assert_array_equal(a["index"], b["index"])
+    np.testing.assert_array_equal(b["clips"], expected(a["clips"]))
+    flow = expected(a["flow"])
+    if flip:
+      flow[..., 0] *= -1.0
+    np.testing.assert_allclose(b["flow"], flow, atol=1e-6)
+    changed |= bool(np.any(b["clips"] != a["clips"]))
+  assert changed

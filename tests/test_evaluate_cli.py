@@ -356,6 +356,61 @@ def test_identities_from_the_checkpoint_when_the_training_data_is_gone(run, eval
     assert record[key] == pytest.approx(evaluated["written"][key], abs=1e-9)
 
 
+def _translate_then_mirror(frames, flip, shift):
+  """uint8 frames [n, H, W, 3] moved by round(shift * (H, W)) pixels (zeros filled in),
+  then mirrored when flip."""
+  sy, sx = round(shift * H), round(shift * W)
+  out = np.zeros_like(frames)
+  src_y, dst_y = slice(max(0, -sy), H - max(0, sy)), slice(max(0, sy), H - max(0, -sy))
+  src_x, dst_x = slice(max(0, -sx), W - max(0, sx)), slice(max(0, sx), W - max(0, -sx))
+  out[:, dst_y, dst_x] = frames[:, src_y, src_x]
+  return out[:, :, ::-1] if flip else out
+
+
+def test_test_time_augmentation_averages_the_distance_over_conditions(run, reference):
+  """eval.tta_*: 2 mirror states x 3 diagonal shifts; tracklets shorter than
+  tta_max_length frames are embedded under each condition, longer ones keep their plain
+  clips; the distance is the mean of the conditions' Euclidean distances (numpy here)."""
+  model = _restored_model(run)
+  config = cfg.load_config(os.path.join(run["model_dir"], "config.yaml"))
+  config.model.backbone.init = "none"
+  config.eval.tta_flip, config.eval.tta_shifts = True, 3
+  config.eval.tta_translate, config.eval.tta_max_length = 0.1, 4
+  config.validate()
+  conditions = config.eval.tta_conditions()
+  assert conditions == [(False, -0.1), (True, -0.1), (False, 0.0), (True, 0.0),
+                        (False, 0.1), (True, 0.1)]
+  with pytest.warns(UserWarning, match="fewer than max_rank"):
+    got = evaluation.evaluate_model(config, model)
+  _, plain, ids, tracklets = reference
+  lengths = [len(tracklets[t][2]) for role in ids for t in ids[role]]
+  assert min(lengths) < 4 <= max(lengths)  # both kinds of tracklets occur
+  expected = np.zeros_like(plain)
+  for flip, shift in conditions:
+    features = {}
+    for role, tids in ids.items():
+      rows = []
+      for t in tids:
+        frames = tracklets[t][2]
+        if len(frames) < 4:
+          frames = _translate_then_mirror(frames, flip, shift)
+        clips = _dense_clips(frames)
+        rows.append(np.asarray(model({"clips": clips}, training=False)["embedding"],
+                               np.float64).mean(axis=0))
+      features[role] = np.stack(rows)
+    q, g = features["query"], features["gallery"]
+    expected += np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1)) / len(conditions)
+  np.testing.assert_allclose(got["distmat"], expected, rtol=1e-4, atol=1e-5)
+  assert np.abs(expected - plain).max() > 1e-3  # the conditions change the distances
+  record = evaluation.write_reports(config, got, str(run["root"] / "tta_eval"), 1)
+  assert record["test_time_augmentation"] == {
+      "conditions": [[f, s] for f, s in conditions], "max_length": 4}
+  with pytest.raises(cfg.ConfigError, match="tta_shifts=8 --override=eval.tta_translate"):
+    config.eval.tta_translate = 0.0
+    config.eval.tta_shifts = 8
+    config.validate()
+
+
 def test_protocol_resolution_on_another_dataset(run, tmp_path):
   """A run evaluated with mars_matlab tested on a dataset without that protocol falls back
   to the dataset's own; asking for mars_matlab explicitly there is an error."""

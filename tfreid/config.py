@@ -495,9 +495,31 @@ class EvalConfig:
   query_seq_len: int = 0
   gallery_seq_len: int = 0
   length_seed: int = 0
+  # Test-time augmentation. Conditions: both mirror states when tta_flip, times tta_shifts
+  # translations on the diagonal, evenly spaced over [-tta_translate, +tta_translate] of
+  # the frame height and width (one shift: none; zeros are filled in). A pair's distance is
+  # the mean over the conditions, the same condition applied to both tracklets. Tracklets
+  # of tta_max_length frames or more keep their plain clips in every condition (0: every
+  # tracklet is augmented). Off by default; evaluation only (the SavedModel embeds plain
+  # clips).
+  tta_flip: bool = False
+  tta_shifts: int = 0
+  tta_translate: float = 0.0
+  tta_max_length: int = 0
 
   def validate(self) -> None:
     _one_of("eval.protocol", self.protocol, ("torchreid", "mars_matlab"))
+    if self.tta_shifts < 0 or self.tta_max_length < 0:
+      raise ConfigError(f"eval.tta_shifts and eval.tta_max_length must be >= 0, got "
+                        f"{self.tta_shifts} and {self.tta_max_length}.")
+    if not 0.0 <= self.tta_translate < 0.5:
+      raise ConfigError(f"eval.tta_translate is a fraction of the frame in [0, 0.5), got "
+                        f"{self.tta_translate}.")
+    if (self.tta_shifts >= 2) != (self.tta_translate > 0):
+      raise ConfigError(
+          f"eval.tta_shifts={self.tta_shifts} with eval.tta_translate={self.tta_translate}: "
+          "translated test conditions need both, e.g. --override=eval.tta_shifts=8 "
+          "--override=eval.tta_translate=0.05 (or set both to 0).")
     _one_of("eval.distance", self.distance,
             ("model", "euclidean", "sqeuclidean", "cosine", "learned"))
     _positive("eval.max_rank", self.max_rank)
@@ -509,6 +531,16 @@ class EvalConfig:
   def partition_seq_len(self, partition: str) -> int:
     """Frames drawn per tracklet of a test partition (0: every frame)."""
     return {"query": self.query_seq_len, "gallery": self.gallery_seq_len}.get(partition, 0)
+
+  def tta_conditions(self) -> list[tuple[bool, float]]:
+    """The test-time augmentation conditions (flip, shift as a fraction of the frame,
+    applied to y and x alike), in order; [(False, 0.0)] when test-time augmentation is
+    off."""
+    flips = (False, True) if self.tta_flip else (False,)
+    n = max(self.tta_shifts, 1)
+    shifts = [0.0] if n == 1 else [
+        -self.tta_translate + 2.0 * self.tta_translate * k / (n - 1) for k in range(n)]
+    return [(flip, shift) for shift in shifts for flip in flips]
 
 
 @dataclasses.dataclass

@@ -57,6 +57,7 @@ epochs; test: the tracklet yields no clips), logged, and counted in `skipped_rec
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from typing import Optional
@@ -524,7 +525,8 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
                       protocol: Optional[str] = None,
                       index: Optional[reader.TrackletIndex] = None,
                       streams=None, num_frames: int = 0,
-                      length_seed: int = 0) -> tf.data.Dataset:
+                      length_seed: int = 0,
+                      condition: Optional[tuple[bool, float]] = None) -> tf.data.Dataset:
   """Batches of every test clip of a partition (module docstring).
 
   Args:
@@ -536,6 +538,11 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
     num_frames: 0: every frame of a tracklet (data.test_sampler); L > 0: L frames drawn at
       random per tracklet (`samplers.random_length_indices`, eval.query_seq_len /
       gallery_seq_len), seeded by (length_seed, the tracklet's position).
+    condition: a test-time augmentation condition (flip, shift) (`eval.tta_conditions`):
+      every clip mirrored when flip, and translated by round(shift * H) rows and
+      round(shift * W) columns (zeros filled in), as training's flip and translation draw
+      them; every stream follows (flow's horizontal component negated, keypoints moved and
+      their left/right joints swapped). None: plain clips.
 
   Elements: the batch contract of data/__init__.py plus `index` int32 [B] (the tracklet's
   position) and `frame_weight` float32 [B, T] (1 for a frame's first appearance among its
@@ -579,8 +586,15 @@ def make_test_dataset(config, partition: str, split: Optional[int] = None,
                                              deterministic=True)
   ds = ds.flat_map(_plain(split_clips))
 
-  # Test clips are not augmented: one set of parameters (and plan) for all of them.
+  # One set of parameters (and plan) for all the clips: none, or the condition's.
   params = augment.identity_params()
+  if condition is not None:
+    flip, shift = condition
+    # The spec says which kernels can occur (the static path compiles only those).
+    spec = dataclasses.replace(spec, flip=bool(flip), translate=abs(float(shift)))
+    params["flip"] = tf.constant(bool(flip))
+    params["shift"] = tf.constant([round(shift * spec.height), round(shift * spec.width)],
+                                  tf.int32)
   plan = augment.plan_clips(params, spec) if spec.static_size is not None else None
 
   def decode(el):

@@ -90,30 +90,36 @@ def _feature_function(model, streams):
 
 
 def partition_clips(config: cfg.ExperimentConfig, partition: str, protocol: str,
-                    split: int | None = None):
-  """(index, dataset, streams): a partition's metadata as the reader gives it, its test clips
-  as evaluation reads them (every clip, `eval`'s sequence lengths) and the streams the
-  method reads."""
+                    split: int | None = None, index=None, condition=None):
+  """(index, dataset, streams): a partition's metadata as the reader gives it (or `index`,
+  a part of it), its test clips as evaluation reads them (every clip, `eval`'s sequence
+  lengths; `condition`: a test-time augmentation condition, see
+  `data_pipeline.make_test_dataset`) and the streams the method reads."""
   split = config.data.split if split is None else split
   streams = contract.input_streams(config)
-  index = data_reader.load_partition(config.data.data_dir, partition, split=split,
-                                     protocol=protocol, skip_corrupt=config.data.skip_corrupt)
+  if index is None:
+    index = data_reader.load_partition(config.data.data_dir, partition, split=split,
+                                       protocol=protocol,
+                                       skip_corrupt=config.data.skip_corrupt)
   dataset = data_pipeline.make_test_dataset(
       config, partition, split=split, protocol=protocol, index=index, streams=streams,
-      num_frames=config.eval.partition_seq_len(partition), length_seed=config.eval.length_seed)
+      num_frames=config.eval.partition_seq_len(partition), length_seed=config.eval.length_seed,
+      condition=condition)
   return index, dataset, streams
 
 
 def extract_features(config: cfg.ExperimentConfig, model, partition: str,
-                     protocol: str, split: int | None = None):
+                     protocol: str, split: int | None = None, index=None, condition=None):
   """Tracklet representations of one partition: the per-clip statistics of every test clip
   summed per tracklet (float64), then finished by the model's merge (the mean by default;
   `tfreid.models.contract.finish_tracklet`), as the exported `embed_tracklet` does.
+  `index` (a part of the partition) and `condition`: see `partition_clips`.
 
   Returns (features: dict name -> float32 [N, ...], index) where `index` is the reader's
   partition metadata (pids, camids, tracklet_ids in the same order).
   """
-  index, dataset, streams = partition_clips(config, partition, protocol, split)
+  index, dataset, streams = partition_clips(config, partition, protocol, split, index,
+                                            condition)
   run = _feature_function(model, streams)
   n = len(index.pids)
   sums: dict[str, np.ndarray] = {}
@@ -141,6 +147,47 @@ def extract_features(config: cfg.ExperimentConfig, model, partition: str,
     counts = counts[keep]
     index = subset_index(index, keep, f"{int(empty.sum())} unreadable record(s) left out")
   return contract.finish_tracklet(model, sums, counts), index
+
+
+def augmented_features(config: cfg.ExperimentConfig, model, partition: str, protocol: str,
+                       split: int | None, features: dict, index) -> list[dict]:
+  """The partition's representations under each test-time augmentation condition
+  (`eval.tta_conditions`), in order. `features` and `index`: the plain ones
+  (:func:`extract_features`). Tracklets of eval.tta_max_length frames or more keep their
+  plain representation in every condition; the others are embedded again, once per
+  condition."""
+  conditions = config.eval.tta_conditions()
+  if conditions == [(False, 0.0)]:
+    return [features]
+  short = np.ones(len(index.pids), bool)
+  if config.eval.tta_max_length:
+    short = np.asarray(index.num_frames) < config.eval.tta_max_length
+  if not short.any():
+    return [features] * len(conditions)
+  part = subset_index(index, short, "longer tracklets keep their plain clips")
+  result = []
+  for condition in conditions:
+    augmented, _ = extract_features(config, model, partition, protocol, split, index=part,
+                                    condition=condition)
+    merged = {key: np.array(value, copy=True) for key, value in features.items()}
+    for key, value in augmented.items():
+      merged[key][short] = value
+    result.append(merged)
+  return result
+
+
+def averaged_distance(config: cfg.ExperimentConfig, model, queries: list[dict],
+                      galleries: list[dict]) -> np.ndarray:
+  """The mean over test-time augmentation conditions of :func:`distance_matrix` (one
+  condition: that matrix). For the learned similarity s of a distance 1 - s, the mean of
+  the distances is 1 - the mean of the similarities."""
+  if len(queries) == 1:
+    return distance_matrix(config, model, queries[0], galleries[0])
+  total = None
+  for query, gallery in zip(queries, galleries):
+    d = np.asarray(distance_matrix(config, model, query, gallery), np.float64)
+    total = d if total is None else total + d
+  return total / len(queries)
 
 
 def subset_index(index, keep: np.ndarray, reason: str):
@@ -178,10 +225,15 @@ def evaluate_model(config: cfg.ExperimentConfig, model, protocol: str | None = N
   manifest_protocol, metric_protocol = resolve_protocol(config, protocol)
   query, q_index = extract_features(config, model, "query", manifest_protocol, split)
   gallery, g_index = extract_features(config, model, "gallery", manifest_protocol, split)
-  distmat = distance_matrix(config, model, query, gallery)
+  # Test-time augmentation (eval.tta_*): the distance averaged over its conditions.
+  queries = augmented_features(config, model, "query", manifest_protocol, split, query,
+                               q_index)
+  galleries = augmented_features(config, model, "gallery", manifest_protocol, split,
+                                 gallery, g_index)
+  distmat = averaged_distance(config, model, queries, galleries)
   if rerank:
-    q_q = distance_matrix(config, model, query, query)
-    g_g = distance_matrix(config, model, gallery, gallery)
+    q_q = averaged_distance(config, model, queries, queries)
+    g_g = averaged_distance(config, model, galleries, galleries)
     distmat = metrics.re_ranking(distmat, q_q, g_g)
   result = metrics.evaluate_rank(distmat, q_index.pids, g_index.pids, q_index.camids,
                                  g_index.camids, max_rank=config.eval.max_rank,
@@ -261,6 +313,12 @@ def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
     record["sequence_lengths"] = {"query": config.eval.query_seq_len,
                                   "gallery": config.eval.gallery_seq_len,
                                   "seed": config.eval.length_seed}
+  conditions = config.eval.tta_conditions()
+  if conditions != [(False, 0.0)]:
+    # Test-time augmentation: the distance is the mean over these (mirror, shift) conditions.
+    record["test_time_augmentation"] = {
+        "conditions": [[bool(f), float(s)] for f, s in conditions],
+        "max_length": config.eval.tta_max_length}
   record.update(extra or {})
   _write_json(os.path.join(out_dir, "metrics.json"), record)
   # In %, one decimal, as the console summary and the split reports (metrics.json keeps
