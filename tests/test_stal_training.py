@@ -6,6 +6,7 @@ and distances."""
 
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +16,7 @@ from tfreid.data import pipeline
 from tfreid.data import reader
 from tfreid.serving import exporter
 from tfreid.training import evaluation
+from tfreid.training import trainer as trainer_lib
 
 import data_fixtures
 from trainer_fixtures import fixture_float32_policy  # pylint: disable=unused-import
@@ -26,6 +28,15 @@ TINY = ["data.height=64", "data.width=32", "data.seq_len=2", "data.num_identitie
         "model.stal.attention_channels=64", "model.stal.pool_size=4", "trainer.epochs=1",
         "trainer.steps_per_epoch=2", "trainer.log_every_steps=1",
         "trainer.image_summary_every_steps=0", "runtime.jit_compile=false"]
+
+
+# Table V's ResNet trunk cut to one bottleneck per stage at base width 4: the STAL layers on
+# top (ROI pooling, part networks, STAN, eqs. 4-9) are the same, and the trainer traces in a
+# fraction of the BN-Inception stacks' time. The evaluation and export test keeps the paper's
+# trunk.
+SMALL_TRUNK = ["model.backbone.name=resnet2d", "model.backbone.block_counts=[1, 1, 1, 1]",
+               "model.backbone.base_width=4",
+               "model.backbone.nonlocal_blocks.blocks_per_stage=[0, 0, 0, 0]"]
 
 
 def config_for(data_dir, *overrides):
@@ -56,10 +67,7 @@ def test_two_replicas_equal_one_with_xla(data, tmp_path):
                "model.stal.dropout=0", "optimizer.name=sgd", "optimizer.learning_rate=1e-6",
                'trainer.freeze=["*bn*"]',
                "runtime.jit_compile=true", "data.height=32", "data.width=32",
-               "model.stal.pool_size=2", "trainer.steps_per_epoch=3",
-               "model.backbone.name=resnet2d", "model.backbone.block_counts=[1, 1, 1, 1]",
-               "model.backbone.base_width=4",
-               "model.backbone.nonlocal_blocks.blocks_per_stage=[0, 0, 0, 0]"]
+               "model.stal.pool_size=2", "trainer.steps_per_epoch=3", *SMALL_TRUNK]
   one, v1 = train_seeded(config_for(data, *overrides), tmp_path / "one", first_cpu_strategy())
   two, v2 = train_seeded(config_for(data, *overrides), tmp_path / "two", two_cpu_strategy())
   assert int(one.global_step.numpy()) == int(two.global_step.numpy()) == 3
@@ -76,8 +84,9 @@ def test_two_replicas_equal_one_with_xla(data, tmp_path):
 
 def test_every_term_trains_and_a_resumed_run_equals_a_straight_one(data, tmp_path):
   """SGD: Adam's first steps divide near-zero gradients (the convolution biases before a
-  BatchNorm get none but rounding) by their own size, which turns rounding into steps."""
-  sgd = ["optimizer.name=sgd", "optimizer.learning_rate=0.05"]
+  BatchNorm get none but rounding) by their own size, which turns rounding into steps.
+  On the small trunk (SMALL_TRUNK)."""
+  sgd = ["optimizer.name=sgd", "optimizer.learning_rate=0.05", *SMALL_TRUNK]
   config = config_for(data, "trainer.epochs=2", *sgd)
   straight, values = train_seeded(config, tmp_path / "straight", first_cpu_strategy())
   assert {"global_triplet", "local_triplet", "cross_entropy", "consistency",
@@ -141,9 +150,14 @@ def _tracklet_streams(data_dir, partition, position):
 
 
 def test_evaluation_and_export_merge_all_frames_and_use_the_fused_distance(data, tmp_path):
+  """On the paper's trunk. The run directory is the trainer's own, with a checkpoint of its
+  initial state: training steps would add nothing to what is compared here, and tracing
+  the BN-Inception training step takes a minute."""
   config = config_for(data)
   model_dir = tmp_path / "run"
-  trainer, _ = train_seeded(config, model_dir, first_cpu_strategy())
+  keras.utils.set_random_seed(0)
+  trainer = trainer_lib.Trainer(config, str(model_dir), strategy=first_cpu_strategy())
+  trainer.keeper.save(1)
   cfg.save_config(config, str(model_dir / "config.yaml"))
   model = trainer.model
   result = evaluation.evaluate_model(config, model)
@@ -182,9 +196,11 @@ def _finite_terms(values):
 
 def test_mixed_bfloat16_trains(data, tmp_path, float32_policy):
   """runtime.mixed_precision=mixed_bfloat16: the layers compute in bfloat16, every loss
-  term (and the STAN scores, eqs. 8-9, kept in float32) stays finite."""
+  term (and the STAN scores, eqs. 8-9, kept in float32) stays finite. On the small trunk
+  (SMALL_TRUNK)."""
   del float32_policy
-  trainer, values = train_seeded(config_for(data, "runtime.mixed_precision=mixed_bfloat16"),
-                           tmp_path / "bf16", first_cpu_strategy())
+  trainer, values = train_seeded(config_for(data, "runtime.mixed_precision=mixed_bfloat16",
+                                            *SMALL_TRUNK),
+                                 tmp_path / "bf16", first_cpu_strategy())
   assert trainer.model.low_level.compute_dtype == "bfloat16"
   assert _finite_terms(values)
