@@ -213,7 +213,9 @@ def test_test_time_augmentation_conditions():
   np.testing.assert_allclose(shifts, np.linspace(-0.05, 0.05, 8), atol=1e-12)
   assert sorted(conditions) == sorted((f, s) for f in (False, True) for s in shifts)
   for name in ("siamese_convgru:synthetic", "temporal_pooling", "stal"):
-    assert cfg.build_config(name).eval.tta_conditions() == [(False, 0.0)]
+    plain = cfg.build_config(name).eval
+    assert plain.tta_conditions() == [(False, 0.0)] and not plain.tta_on
+  assert paper.eval.tta_on
   flips = cfg.build_config("temporal_pooling", overrides=["eval.tta_flip=true"])
   assert flips.eval.tta_conditions() == [(False, 0.0), (True, 0.0)]
   for overrides, pattern in [

@@ -117,7 +117,9 @@ def test_attention_picture_draws_each_blocks_eq_5_weights():
     if "nonlocal" in var.path and ("theta" in var.path or "phi" in var.path):
       var.assign(rng.normal(0.0, 1.0, var.shape).astype("float32"))
   clips = _clips(rng, batch=3, frames=4, height=64, width=32)
+  layers = len(model.layers)
   attention = model.nonlocal_attention(clips)
+  assert len(model.layers) == layers  # the helper sub-model is not one of the model's layers
   names = [layer.name for layer in model.backbone.layers
            if isinstance(layer, nonlocal_i3d.NonLocalBlock)]
   assert list(attention) == names and len(names) == 2

@@ -532,6 +532,11 @@ class EvalConfig:
     """Frames drawn per tracklet of a test partition (0: every frame)."""
     return {"query": self.query_seq_len, "gallery": self.gallery_seq_len}.get(partition, 0)
 
+  @property
+  def tta_on(self) -> bool:
+    """Whether test-time augmentation is on (more conditions than the plain clips)."""
+    return self.tta_flip or self.tta_shifts >= 2
+
   def tta_conditions(self) -> list[tuple[bool, float]]:
     """The test-time augmentation conditions (flip, shift as a fraction of the frame,
     applied to y and x alike), in order; [(False, 0.0)] when test-time augmentation is

@@ -27,6 +27,7 @@ statistics (36,009,137 trainable):
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import keras
 import numpy as np
@@ -40,6 +41,9 @@ from tfreid.models.base import ConfigKeysMixin, head_kwargs
 from tfreid.models.heads import BottleneckHead
 
 PAPER_CONFIG_PARAMS = 36_071_473
+
+# model -> the functional sub-model giving its non-local blocks' inputs (`nonlocal_attention`).
+_BLOCK_INPUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass
@@ -123,11 +127,12 @@ class NonLocalI3D(ConfigKeysMixin, keras.Model):
     blocks = [layer for layer in self.backbone.layers if isinstance(layer, NonLocalBlock)]
     if not blocks:
       return {}
-    if getattr(self, "_block_inputs", None) is None:
+    if self not in _BLOCK_INPUTS:
       # The backbone is functional: one sub-model gives every block's input in one pass.
-      self._block_inputs = keras.Model(self.backbone.inputs,
-                                       [block.input for block in blocks])
-    features = self._block_inputs(self.normalize(clips), training=False)
+      # Kept outside the model, which would otherwise track it as one of its layers.
+      _BLOCK_INPUTS[self] = keras.Model(self.backbone.inputs,
+                                        [block.input for block in blocks])
+    features = _BLOCK_INPUTS[self](self.normalize(clips), training=False)
     features = features if isinstance(features, (list, tuple)) else [features]
     result = {}
     for block, x in zip(blocks, features):

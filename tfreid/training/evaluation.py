@@ -156,9 +156,9 @@ def augmented_features(config: cfg.ExperimentConfig, model, partition: str, prot
   (:func:`extract_features`). Tracklets of eval.tta_max_length frames or more keep their
   plain representation in every condition; the others are embedded again, once per
   condition."""
-  conditions = config.eval.tta_conditions()
-  if conditions == [(False, 0.0)]:
+  if not config.eval.tta_on:
     return [features]
+  conditions = config.eval.tta_conditions()
   short = np.ones(len(index.pids), bool)
   if config.eval.tta_max_length:
     short = np.asarray(index.num_frames) < config.eval.tta_max_length
@@ -313,11 +313,10 @@ def write_reports(config: cfg.ExperimentConfig, evaluation: dict, out_dir: str,
     record["sequence_lengths"] = {"query": config.eval.query_seq_len,
                                   "gallery": config.eval.gallery_seq_len,
                                   "seed": config.eval.length_seed}
-  conditions = config.eval.tta_conditions()
-  if conditions != [(False, 0.0)]:
+  if config.eval.tta_on:
     # Test-time augmentation: the distance is the mean over these (mirror, shift) conditions.
     record["test_time_augmentation"] = {
-        "conditions": [[bool(f), float(s)] for f, s in conditions],
+        "conditions": [[bool(f), float(s)] for f, s in config.eval.tta_conditions()],
         "max_length": config.eval.tta_max_length}
   record.update(extra or {})
   _write_json(os.path.join(out_dir, "metrics.json"), record)
