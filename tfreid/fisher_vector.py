@@ -35,7 +35,7 @@ Library choices (the paper gives none of these):
   a component that loses every frame keeps its previous mean and variance (its prior drops
   to ~0).
 - The frames the GMM is fitted on: every training frame, or a seeded uniform random subset of
-  ``--max_fit_frames`` (default 200000) when there are more.
+  ``--max_fit_frames`` (default DEFAULT_MAX_FIT_FRAMES, 200000) when there are more.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ import dataclasses
 import numpy as np
 
 DEFAULT_COMPONENTS = 16
+# Training frames the GMM is fitted on at most (a seeded random subset when there are more).
+DEFAULT_MAX_FIT_FRAMES = 200000
 VARIANCE_FLOOR = 1e-3
 NORMALIZATIONS = ("none", "power_l2")
 
@@ -260,8 +262,8 @@ def _partition_batches(config, model, partition: str, protocol: str):
   return batches(), index
 
 
-def training_frames(config, model, protocol: str, max_frames: int = 200000, seed: int = 0
-                    ) -> np.ndarray:
+def training_frames(config, model, protocol: str, max_frames: int = DEFAULT_MAX_FIT_FRAMES,
+                    seed: int = 0) -> np.ndarray:
   """The training tracklets' frame states [N, D] (every frame once), or a seeded uniform
   random subset of `max_frames` of them (each frame gets a random key; the smallest keys
   are kept)."""
@@ -309,7 +311,8 @@ def encode_partition(config, model, gmm: DiagonalGMM, partition: str, protocol: 
 
 
 def run_distances(config, model, protocol: str, components: int = DEFAULT_COMPONENTS,
-                  normalization: str = "none", max_fit_frames: int = 200000, seed: int = 0):
+                  normalization: str = "none", max_fit_frames: int = DEFAULT_MAX_FIT_FRAMES,
+                  seed: int = 0):
   """Fits the GMM on the training frames, encodes query and gallery, and returns
   (Euclidean distances [Q, G], query index, gallery index, report details)."""
   if normalization not in NORMALIZATIONS:

@@ -48,6 +48,8 @@ if __name__ == "__main__":
 
 import numpy as np  # pylint: disable=wrong-import-position
 
+from tfreid import fisher_vector  # pylint: disable=wrong-import-position
+
 METHODS = ("kissme", "lfda")
 # The CLI's methods: the metrics above and table IV's Fisher-vector pooling.
 CLI_METHODS = METHODS + ("fisher_vector",)
@@ -201,7 +203,8 @@ def fit_metric(method: str, train_features, train_labels, pca_dim: int = 150):
 
 def evaluate_run(model_dir: str, method: str, pca_dim: int = 150, checkpoint="latest",
                  output_dir: str | None = None, components: int | None = None,
-                 fv_normalization: str = "none", max_fit_frames: int = 200000,
+                 fv_normalization: str = "none",
+                 max_fit_frames: int = fisher_vector.DEFAULT_MAX_FIT_FRAMES,
                  seed: int = 0) -> dict:
   """Fits `method` on the run's training features and evaluates query against gallery
   (the run's dataset, split and protocol); writes MODEL_DIR/eval_<method> (or
@@ -229,7 +232,6 @@ def evaluate_run(model_dir: str, method: str, pca_dim: int = 150, checkpoint="la
                                        evaluate.num_training_identities(config, path))
   manifest_protocol, metric_protocol = evaluation.resolve_protocol(config)
   if method == "fisher_vector":
-    from tfreid import fisher_vector  # pylint: disable=import-outside-toplevel
     distmat, q_index, g_index, details = fisher_vector.run_distances(
         config, model, manifest_protocol,
         fisher_vector.DEFAULT_COMPONENTS if components is None else components,
@@ -268,10 +270,12 @@ def main(argv=None) -> int:
   parser.add_argument("--components", type=int, default=None,
                       help="fisher_vector: GMM components C (library default 16; the paper "
                       "does not give C)")
-  parser.add_argument("--fv_normalization", default="none", choices=("none", "power_l2"),
+  parser.add_argument("--fv_normalization", default="none",
+                      choices=fisher_vector.NORMALIZATIONS,
                       help="fisher_vector: none (eq. 10, default) or the library's signed "
                       "square root + L2")
-  parser.add_argument("--max_fit_frames", type=int, default=200000,
+  parser.add_argument("--max_fit_frames", type=int,
+                      default=fisher_vector.DEFAULT_MAX_FIT_FRAMES,
                       help="fisher_vector: training frames the GMM is fitted on (a seeded "
                       "random subset when there are more; 0: all)")
   parser.add_argument("--seed", type=int, default=0, help="fisher_vector: GMM seed")
